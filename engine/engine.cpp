@@ -1,0 +1,66 @@
+#include "engine/engine.h"
+
+#include <cstring>
+
+namespace engine {
+
+int cuda_device_count() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    (void)cudaGetLastError();  // no driver / no device is not an error for the CPU backend
+    return 0;
+  }
+  return n;
+}
+
+Engine::Engine(EngineOptions opts) {
+  const int n = (opts.backend == Backend::kCPU) ? 0 : cuda_device_count();
+  if (opts.backend == Backend::kCUDA)
+    ENGINE_CHECK(n > opts.device_ordinal, "CUDA backend requested but ", n, " CUDA device(s) found");
+  if (n > opts.device_ordinal) {
+    device_ = Device::kCUDA;
+    CUDA_CHECK(cudaSetDevice(opts.device_ordinal));
+    CUDA_CHECK(cudaGetDeviceProperties(&props_, opts.device_ordinal));
+    cuda_alloc_ = std::make_unique<CudaCachingAllocator>();
+    stream_ = std::make_unique<Stream>();
+    blas_ = std::make_unique<CublasLt>(opts.cublas_workspace_bytes, *cuda_alloc_);
+  }
+}
+
+Engine::~Engine() {
+  if (is_cuda()) cudaStreamSynchronize(stream());
+  blas_.reset();
+  stream_.reset();
+  cuda_alloc_.reset();
+}
+
+CublasLt& Engine::blas() {
+  ENGINE_CHECK(blas_ != nullptr, "cuBLASLt requested on the CPU backend");
+  return *blas_;
+}
+
+void Engine::copy(TensorView dst, TensorView src) {
+  ENGINE_CHECK(dst.dtype == src.dtype && dst.numel() == src.numel(), "copy: ", src.str(), " -> ", dst.str(),
+               ": dtype or element count differs");
+  if (src.nbytes() == 0) return;
+  if (dst.device == Device::kCPU && src.device == Device::kCPU) {
+    std::memcpy(dst.data, src.data, src.nbytes());
+    return;
+  }
+  ENGINE_CHECK(is_cuda(), "copy to/from CUDA memory on the CPU backend");
+  CUDA_CHECK(cudaMemcpyAsync(dst.data, src.data, src.nbytes(), cudaMemcpyDefault, stream()));
+}
+
+void Engine::synchronize() {
+  if (is_cuda()) CUDA_CHECK(cudaStreamSynchronize(stream()));
+}
+
+std::string Engine::describe() const {
+  if (!is_cuda()) return "CPU backend (no CUDA device found)";
+  size_t free_b = 0, total_b = 0;
+  cudaMemGetInfo(&free_b, &total_b);
+  return str_cat("CUDA backend: ", props_.name, " (sm_", props_.major, props_.minor, ", ",
+                 props_.multiProcessorCount, " SMs, ", total_b / double(1 << 30), " GiB)");
+}
+
+}  // namespace engine

@@ -1,0 +1,58 @@
+// engine/engine.h: the Engine owns every piece of runtime state: the device choice, the compute stream,
+// cuBLASLt, and the allocators (later NCCL). Nothing else holds mutable global state; ops receive the
+// engine explicitly. Backend kAuto picks CUDA when a device is present and the CPU backend otherwise.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <memory>
+#include <string>
+
+#include "engine/allocator.h"
+#include "engine/cublaslt.h"
+#include "engine/stream.h"
+#include "engine/tensor.h"
+
+namespace engine {
+
+enum class Backend { kAuto, kCPU, kCUDA };
+
+struct EngineOptions {
+  Backend backend = Backend::kAuto;
+  int device_ordinal = 0;                      // CUDA device to use
+  size_t cublas_workspace_bytes = 32u << 20;   // cuBLASLt split-K / stream-K workspace
+};
+
+int cuda_device_count();  // 0 when there is no driver or no device
+
+class Engine {
+ public:
+  explicit Engine(EngineOptions opts = {});
+  ~Engine();
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  Device device() const { return device_; }
+  bool is_cuda() const { return device_ == Device::kCUDA; }
+  cudaStream_t stream() const { return stream_ ? stream_->get() : nullptr; }
+  CublasLt& blas();
+  Allocator& allocator() { return is_cuda() ? static_cast<Allocator&>(*cuda_alloc_) : host_alloc_; }
+  HostAllocator& host_allocator() { return host_alloc_; }
+  const cudaDeviceProp& props() const { return props_; }
+
+  Tensor empty(Shape s, DType t) { return Tensor::empty(s, t, allocator()); }
+  Tensor empty_host(Shape s, DType t) { return Tensor::empty(s, t, host_alloc_); }
+  // Copy between any two places (same dtype and element count); on CUDA, async on the compute stream.
+  void copy(TensorView dst, TensorView src);
+  void synchronize();
+  std::string describe() const;  // one line: backend, device name, memory
+
+ private:
+  Device device_ = Device::kCPU;
+  cudaDeviceProp props_{};
+  HostAllocator host_alloc_;                           // declared first: destroyed last
+  std::unique_ptr<CudaCachingAllocator> cuda_alloc_;
+  std::unique_ptr<Stream> stream_;
+  std::unique_ptr<CublasLt> blas_;
+};
+
+}  // namespace engine
