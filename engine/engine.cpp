@@ -51,6 +51,12 @@ void Engine::copy(TensorView dst, TensorView src) {
   CUDA_CHECK(cudaMemcpyAsync(dst.data, src.data, src.nbytes(), cudaMemcpyDefault, stream()));
 }
 
+void Engine::zero(TensorView t) {
+  if (!t.defined() || t.nbytes() == 0) return;
+  if (t.device == Device::kCPU) { std::memset(t.data, 0, t.nbytes()); return; }
+  CUDA_CHECK(cudaMemsetAsync(t.data, 0, t.nbytes(), stream()));
+}
+
 void Engine::synchronize() {
   if (is_cuda()) CUDA_CHECK(cudaStreamSynchronize(stream()));
 }

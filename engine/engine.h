@@ -43,6 +43,7 @@ class Engine {
   Tensor empty_host(Shape s, DType t) { return Tensor::empty(s, t, host_alloc_); }
   // Copy between any two places (same dtype and element count); on CUDA, async on the compute stream.
   void copy(TensorView dst, TensorView src);
+  void zero(TensorView t);  // all bytes 0; on CUDA, async on the compute stream
   void synchronize();
   std::string describe() const;  // one line: backend, device name, memory
 

@@ -1,0 +1,74 @@
+// engine/safetensors.h: read (memory-mapped) and write .safetensors files, and open HF checkpoints that
+// are one file or sharded with model.safetensors.index.json.
+//   Format: u64 little-endian header length, JSON header {name: {dtype, shape, data_offsets:[b,e]}, ...,
+//   "__metadata__": {str: str}}, then the data. Offsets are relative to the end of the header.
+//   Every malformed input is an engine::Error naming the file and, where there is one, the tensor.
+#pragma once
+#include <map>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "engine/tensor.h"
+
+namespace engine {
+
+struct SafetensorsEntry {
+  std::string dtype_str;          // as stored: "BF16", "F16", "F32", "U8", "I32", ...
+  std::vector<int64_t> shape;
+  const void* data = nullptr;     // into the mapping
+  size_t nbytes = 0;
+};
+
+class SafetensorsFile {
+ public:
+  explicit SafetensorsFile(const std::string& path);  // maps the file and validates the header
+  ~SafetensorsFile();
+  SafetensorsFile(const SafetensorsFile&) = delete;
+  SafetensorsFile& operator=(const SafetensorsFile&) = delete;
+
+  const std::string& path() const { return path_; }
+  bool contains(const std::string& name) const { return entries_.count(name) != 0; }
+  const SafetensorsEntry& entry(const std::string& name) const;
+  // A host view of the tensor (no copy); throws for dtypes the engine has no DType for.
+  TensorView view(const std::string& name) const;
+  std::vector<std::string> names() const;
+  const std::map<std::string, std::string>& metadata() const { return metadata_; }
+
+ private:
+  std::string path_;
+  void* map_ = nullptr;
+  size_t map_bytes_ = 0;
+  std::map<std::string, SafetensorsEntry> entries_;
+  std::map<std::string, std::string> metadata_;
+};
+
+// An HF checkpoint folder: model.safetensors, or shards listed by model.safetensors.index.json.
+class SafetensorsCheckpoint {
+ public:
+  explicit SafetensorsCheckpoint(const std::string& dir);
+  bool contains(const std::string& name) const { return where_.count(name) != 0; }
+  const SafetensorsFile& file_of(const std::string& name) const;
+  TensorView view(const std::string& name) const { return file_of(name).view(name); }
+  const SafetensorsEntry& entry(const std::string& name) const { return file_of(name).entry(name); }
+  std::vector<std::string> names() const;
+
+ private:
+  std::string dir_;
+  std::vector<std::unique_ptr<SafetensorsFile>> files_;
+  std::map<std::string, size_t> where_;  // tensor -> index into files_
+};
+
+// Writes tensors (host views) atomically: a temporary file in the same folder, fsync, then rename.
+void write_safetensors(const std::string& path, const std::vector<std::pair<std::string, TensorView>>& tensors,
+                       const std::map<std::string, std::string>& metadata = {});
+
+// "BF16" <-> DType (throws for the ones the engine does not compute with).
+DType dtype_from_safetensors(const std::string& s);
+const char* dtype_to_safetensors(DType t);
+
+// Atomic whole-file write (temp + fsync + rename), shared by every file the engine writes.
+void write_file_atomic(const std::string& path, const std::string& bytes);
+
+}  // namespace engine
