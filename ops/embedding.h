@@ -3,7 +3,7 @@
 //     round_E: rounding to the table's dtype. HF casts the normalizer to the weight dtype before the multiply
 //     (sqrt(3072) = 55.4256 becomes 55.5 in bf16, 55.4375 in f16) and rounds the product once in that dtype;
 //     out's dtype is a second rounding, as `.to()` would do. Gemma-2-2B: sqrt(2304) = 48, exact in every dtype.
-//   ids: (N) i32   table: (V, D) f32/f16/bf16 (f64 on CPU)   out: (N, D) f32/f16/bf16 (f64 on CPU)
+//   ids: (N) i32, any shape of N elements   table: (V, D)   out: (N, D)   table, out: f32/f16/bf16 (f64 on CPU)
 //   ids must lie in [0, V). The CPU backend throws on the first bad one (index and value in the message);
 //   CUDA cannot throw, so ids are validated upstream (tokenizer / data loader) and a bad id yields a row of
 //   zeros (forward) or is skipped (backward) instead of an out-of-bounds access.
@@ -25,7 +25,8 @@ struct EmbeddingParams {
   float scale = 1.f;   // the normalizer before rounding: sqrt(D) for Gemma
 };
 
-// Fills N, D, V from ids (N), table (V, D), and scale = sqrt(D) in f32 (HF's f32 `embed_scale` buffer).
+// Fills N = ids.numel() (ids may be (B, T)), V and D from table (V, D), and scale = sqrt(D) in f32 (HF's f32
+// `embed_scale` buffer).
 EmbeddingParams embedding_params(TensorView ids, TensorView table);
 
 // Shapes and dtypes; for the backward, pass dout as `out` and dtable as `table`.

@@ -9,10 +9,9 @@
 namespace ops {
 
 EmbeddingParams embedding_params(TensorView ids, TensorView table) {
-  ENGINE_CHECK(ids.shape.ndim == 1 && table.shape.ndim == 2, "embedding: need ids (N) and table (V, D), got ids ",
-               ids.str(), " table ", table.str());
+  ENGINE_CHECK(table.shape.ndim == 2, "embedding: table ", table.str(), " must be (V, D)");
   EmbeddingParams p;
-  p.tokens = ids.shape[0];
+  p.tokens = ids.numel();
   p.vocab = table.shape[0];
   p.dim = table.shape[1];
   p.scale = float(std::sqrt(double(p.dim)));
