@@ -130,6 +130,7 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Values(SoftmaxCase{2, 3, 13, 0, 3, 50.f, DType::kF32, false},   // odd T: scalar path
                       SoftmaxCase{2, 3, 13, 5, 2, 50.f, DType::kBF16, true},   // window + padding, in place
                       SoftmaxCase{2, 2, 37, 7, 4, 0.f, DType::kF16, false},    // no softcap
+                      SoftmaxCase{2, 3, 13, 2, 5, 50.f, DType::kF16, false},   // rows 9-12 of b=1: no key
                       SoftmaxCase{2, 2, 64, 20, 5, 50.f, DType::kF16, true},   // vector path
                       SoftmaxCase{1, 8, 512, 0, 0, 50.f, DType::kBF16, false}, // Gemma-2-2B rows
                       SoftmaxCase{2, 2, 512, 100, 7, 50.f, DType::kF32, true}),
