@@ -1,0 +1,46 @@
+// ops/attention.h: Gemma-2 eager attention, forward and backward (SPEC.md §1.4 items 3-5), composed of
+// ops::matmul (cuBLASLt or the CPU GEMM), ops/attention_layout.h and ops/attention_softmax.h, so it runs on
+// both backends (each piece dispatches on where the tensors live).
+//   q: (B*T, H*hd)   k, v: (B*T, KV*hd)   out, dout, dq: (B*T, H*hd)   dk, dv: (B*T, KV*hd)   token-major,
+//      q and k already RoPE'd; out is ready for o_proj. One act dtype: f32/f16/bf16 (f64 on CPU).
+//   probs: (B, H, T, T) act dtype, written by the forward and saved for the backward.
+//   key_mask: (B, T) int32, 1 = keep, 0 = padding key; undefined view = no padding.
+// Forward, per (b, kv) group of g = H/KV query heads (query head h uses kv head h / g, HF's repeat_kv):
+//   S = Q_g K^T      one strided-batched GEMM over B*KV groups, Q_g: (g*T, hd) head-major; rounded to act
+//   P = attention_softmax(S): scale, softcap, causal/sliding/padding mask, f32 softmax, rounded to act
+//   O = P V          (g*T, T) @ (T, hd); rounded to act, then permuted back to token-major
+// Backward (S is recomputed with one GEMM instead of saving a second T*T tensor):
+//   dP = dO V^T;  dS = attention_softmax_backward(P, dP, S);  dQ = dS K;  dK = dS^T Q_g;  dV = P^T dO_g
+//   dK and dV sum over the g query heads of their kv head inside the GEMM (k = g*T).
+// Gradient semantics: dq, dk, dv are SET (=): every element is written; callers add them to other
+// contributions themselves. All GEMM outputs round to the act dtype as HF's autocast GEMMs do.
+// Deviation: a query row with no allowed key (left padding) gives zero output and zero gradients instead of
+// NaN; see ops/attention_softmax.h.
+// Scratch comes from the Engine's allocator (host allocator for CPU tensors); the forward computes S in place
+// in probs. Backward scratch: two (B,H,T,T) and six head-major q/k/v-sized buffers.
+// Tests: tests/ops/attention_cpu_test.cpp, attention_gpu_test.cpp   Bench: bench/ops/attention_bench.cpp
+#pragma once
+#include "ops/common.h"
+
+namespace ops {
+
+struct AttentionParams {
+  int64_t batch = 0;      // B
+  int64_t seq = 0;        // T
+  int64_t heads = 0;      // H query heads
+  int64_t kv_heads = 0;   // KV heads; H % KV == 0
+  int64_t head_dim = 0;   // hd
+  float scale = 0.0625f;  // query_pre_attn_scalar^-0.5 (not 1/sqrt(hd) in general)
+  float softcap = 50.f;   // attn_logit_softcapping; <= 0 disables
+  int64_t window = 0;     // sliding window (4096 on even layers); 0 = plain causal
+};
+
+void attention_check(TensorView out, TensorView probs, TensorView q, TensorView k, TensorView v,
+                     TensorView key_mask, const AttentionParams& p);
+
+void attention_forward(TensorView out, TensorView probs, TensorView q, TensorView k, TensorView v,
+                       TensorView key_mask, const AttentionParams& p, Engine& eng);
+void attention_backward(TensorView dq, TensorView dk, TensorView dv, TensorView dout, TensorView q, TensorView k,
+                        TensorView v, TensorView probs, TensorView key_mask, const AttentionParams& p, Engine& eng);
+
+}  // namespace ops
