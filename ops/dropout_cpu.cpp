@@ -1,0 +1,45 @@
+// ops/dropout_cpu.cpp: reference dropout. Forward and backward are the same diagonal linear map
+// (keep_i * scale), so one loop serves both: y = x * keep * scale, dx (+)= dy * keep * scale.
+// The product of a stored value and the f32 scale is exact in f64, so rounding it once to f32/f16/bf16 gives
+// the same bits as the CUDA kernel's f32 multiply.
+#include "ops/dropout.h"
+
+#include "engine/philox.h"
+
+namespace ops {
+
+void dropout_check(TensorView out, TensorView in, const DropoutParams& p) {
+  check_float(out, "dropout output");
+  check_float(in, "dropout input");
+  ENGINE_CHECK(out.numel() == p.n && in.numel() == p.n, "dropout: output ", out.str(), " / input ", in.str(),
+               " must hold n=", p.n, " elements");
+  ENGINE_CHECK(p.p >= 0.0f && p.p < 1.0f, "dropout: p=", p.p, " must be in [0, 1)");
+}
+
+namespace cpu {
+namespace {
+
+void dropout_apply(TensorView out, bool accumulate, TensorView in, const DropoutParams& p) {
+  const float scale = 1.0f / (1.0f - p.p);
+  for (int64_t i = 0; i < p.n; ++i) {
+    const bool keep = p.p == 0.0f || engine::philox_uniform(p.seed, p.stream, p.offset + uint64_t(i)) >= p.p;
+    double v = keep ? engine::load_f64(in.data, in.dtype, i) * double(scale) : 0.0;
+    if (accumulate) v += engine::load_f64(out.data, out.dtype, i);
+    engine::store_f64(out.data, out.dtype, i, v);
+  }
+}
+
+}  // namespace
+
+void dropout_forward(TensorView y, TensorView x, const DropoutParams& p) {
+  dropout_check(y, x, p);
+  dropout_apply(y, false, x, p);
+}
+
+void dropout_backward(TensorView dx, Accum dx_mode, TensorView dy, const DropoutParams& p) {
+  dropout_check(dx, dy, p);
+  dropout_apply(dx, dx_mode == Accum::kAdd, dy, p);
+}
+
+}  // namespace cpu
+}  // namespace ops
