@@ -148,12 +148,21 @@ __global__ void nf4_quantize_kernel(uint8_t* __restrict__ packed, float* __restr
   if (threadIdx.x == 0) chunk_sum[blockIdx.x] = sums[0];
 }
 
-// offset = mean(absmax): the chunk sums in order, one thread (nb2 is at most a few thousand).
+// offset = mean(absmax), summing the chunk sums in the order nf4_cpu.cpp spells out: lane t adds chunks
+// t, t + 1024, ... in turn, then a halving tree over the 1024 lanes.
+constexpr int kOffsetThreads = 1024;
 __global__ void nf4_offset_kernel(float* __restrict__ offset, const double* __restrict__ chunk_sum, int64_t nb2,
                                   int64_t nb) {
-  double total = 0;
-  for (int64_t k = 0; k < nb2; ++k) total += chunk_sum[k];
-  offset[0] = __double2float_rn(total / double(nb));
+  __shared__ double part[kOffsetThreads];
+  double s = 0;
+  for (int64_t k = threadIdx.x; k < nb2; k += kOffsetThreads) s += chunk_sum[k];
+  part[threadIdx.x] = s;
+  __syncthreads();
+  for (int h = kOffsetThreads / 2; h > 0; h >>= 1) {
+    if (threadIdx.x < h) part[threadIdx.x] += part[threadIdx.x + h];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) offset[0] = __double2float_rn(part[0] / double(nb));
 }
 
 // One CUDA block per chunk of 256 absmax values: center, chunk max, 8-bit dynamic-map code (§3.4).
@@ -251,7 +260,7 @@ void nf4_quantize(const Nf4Weight& q, TensorView w, TensorView workspace, const 
         q.packed.ptr<uint8_t>(), absmax, chunk_sum, w.ptr<const T>(), n, tab));
   CUDA_CHECK_LAST();
   if (!p.offset_given) {
-    nf4_offset_kernel<<<1, 1, 0, stream>>>(q.offset.ptr<float>(), chunk_sum, nb2, nb);
+    nf4_offset_kernel<<<1, kOffsetThreads, 0, stream>>>(q.offset.ptr<float>(), chunk_sum, nb2, nb);
     CUDA_CHECK_LAST();
   }
   nf4_double_quant_kernel<<<unsigned(nb2), kThreads, 0, stream>>>(q.absmax_q.ptr<uint8_t>(), q.absmax2.ptr<float>(),

@@ -16,9 +16,9 @@
 // The CPU uses the IEEE reciprocal (the approximate one is not specified bit for bit) and flushes subnormals
 // like FTZ, so CPU and CUDA codes can differ where x_n lands within an ulp of a threshold: rare (measured in
 // tests/ops/nf4_gpu_test.cpp), and then by one code. Dequantization is bit-identical on CPU and CUDA.
-// Deviation (SPEC.md §3.8): bnb's offset is torch's absmax.mean() (torch's reduction order). Here it is a fixed
-// order f64 sum (tree within each chunk of 256, then chunks in order) rounded to f32: identical on CPU and CUDA,
-// possibly an ulp from bnb's. For bit parity with a bnb checkpoint, load bnb's arrays (offset included), or
+// Deviation (SPEC.md §3.8): bnb's offset is torch's absmax.mean() (torch's reduction order). Here it is an f64
+// sum in a fixed order (spelled out in ops/nf4_cpu.cpp) rounded once to f32: identical on CPU and CUDA, possibly
+// an ulp from bnb's. For bit parity with a bnb checkpoint, load bnb's arrays (offset included), or
 // quantize with Nf4QuantParams::offset_given and bnb's offset in `offset`.
 // Gradients: none (frozen base weights). Tests: tests/ops/nf4_cpu_test.cpp, nf4_gpu_test.cpp,
 // tests/parity/nf4_bnb_parity.py   Bench: bench/ops/nf4_bench.cpp

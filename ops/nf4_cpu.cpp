@@ -97,16 +97,21 @@ void nf4_quantize(const Nf4Weight& q, TensorView w, const Nf4QuantParams& p) {
   if (p.offset_given) {
     offset = q.offset.ptr<float>()[0];
   } else {
-    // mean(absmax) in a fixed order shared with CUDA: a halving tree over each chunk of 256 (zero-padded),
-    // then the chunk sums in order, in f64; one rounding to f32 at the end.
-    double total = 0;
+    // mean(absmax) in f64, in a fixed order shared with CUDA (one rounding to f32 at the end):
+    // 1. each chunk of 256 absmax values (zero-padded) by a halving tree: t[i] += t[i + s], s = 128, 64, ..., 1;
+    // 2. lane l of 1024 adds the chunk sums l, l + 1024, ... in turn; 3. a halving tree over the 1024 lanes.
+    constexpr int64_t kLanes = 1024;
+    std::vector<double> lane(kLanes, 0.0);
     for (int64_t k = 0; k < nb2; ++k) {
       double t[kNf4Block2];
       for (int64_t i = 0; i < kNf4Block2; ++i) t[i] = k * kNf4Block2 + i < nb ? absmax[k * kNf4Block2 + i] : 0.0;
       for (int64_t s = kNf4Block2 / 2; s > 0; s >>= 1)
         for (int64_t i = 0; i < s; ++i) t[i] += t[i + s];
-      total += t[0];
+      lane[k % kLanes] += t[0];
     }
+    for (int64_t s = kLanes / 2; s > 0; s >>= 1)
+      for (int64_t i = 0; i < s; ++i) lane[i] += lane[i + s];
+    const double total = lane[0];
     offset = float(total / double(nb));
     q.offset.ptr<float>()[0] = offset;
   }
