@@ -1,6 +1,7 @@
-// ops/rope.cu: RoPE kernels (SPEC.md §1.4 item 2). One thread per (token, V consecutive k of the first half):
-// it computes those V cos/sin pairs once and applies them to every head, loading the x1 and x2 vectors of
-// kHeadChunk heads before storing any (so in-place calls are safe and loads overlap).
+// ops/rope.cu: RoPE kernels (SPEC.md §1.4 item 2). A block takes `tb` consecutive tokens: its threads first
+// compute the tokens' cos/sin tables (tb x d/2, once per token, shared by all heads) into shared memory, then
+// each thread rotates one V-element vector of one head's first half and the matching vector of its second half.
+#include <algorithm>
 #include <cstdint>
 
 #include "ops/cuda_common.cuh"
@@ -10,7 +11,6 @@ namespace ops {
 namespace {
 
 constexpr int kBlock = 256;
-constexpr int kHeadChunk = 4;
 
 struct InvFreq {
   float v[kRopeMaxHeadDim / 2];  // by value: 1 KiB of kernel parameter space, no device buffer needed
@@ -27,63 +27,55 @@ __device__ __forceinline__ float round_to(float x) { return to_f32(from_f32<T>(x
 
 // kBackward = false: y = x*cos + rotate_half(x)*sin with three roundings (explicit _rn ops: no FMA, as torch).
 // kBackward = true: dx = transpose rotation of dy in f32 (+ dx when accumulating), rounded once.
-// `out` may alias `in`, so neither is __restrict__.
+// Each thread reads both halves before writing them, so `out` may alias `in` (neither is __restrict__).
 template <typename T, int V, bool kBackward>
 __global__ void rope_kernel(T* out, const T* in, const int32_t* __restrict__ pos, InvFreq inv, RopeParams p,
-                            bool accumulate) {
-  const int64_t half = p.head_dim / 2, vecs = half / V;
-  const int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (idx >= p.tokens * vecs) return;
-  const int64_t n = idx / vecs, k0 = (idx % vecs) * V;
-  const float position = float(pos[n]);
-  float c[V], s[V];
-#pragma unroll
-  for (int j = 0; j < V; ++j) {
-    const float f = position * inv.v[k0 + j];  // f32 multiply, as torch's inv_freq @ position_ids
-    c[j] = round_to<T>(cosf(f));
-    s[j] = round_to<T>(sinf(f));
+                            int tb, bool accumulate) {
+  extern __shared__ float table[];  // cos (tb, d/2) then sin (tb, d/2)
+  const int half = int(p.head_dim / 2), vecs = half / V, items = int(p.heads) * vecs;  // items per token
+  const int64_t tok0 = int64_t(blockIdx.x) * tb;
+  const int ntok = int(std::min<int64_t>(tb, p.tokens - tok0));
+  float* cos_t = table;
+  float* sin_t = table + tb * half;
+  for (int i = threadIdx.x; i < ntok * half; i += blockDim.x) {
+    const float f = float(pos[tok0 + i / half]) * inv.v[i % half];  // f32 multiply, as torch's inv_freq @ pos
+    cos_t[i] = round_to<T>(cosf(f));
+    sin_t[i] = round_to<T>(sinf(f));
   }
+  __syncthreads();
   using VecT = Vec<T, V>;
-  for (int64_t h0 = 0; h0 < p.heads; h0 += kHeadChunk) {
-    VecT a[kHeadChunk], b[kHeadChunk], oa[kHeadChunk], ob[kHeadChunk];  // halves 1 and 2 of each head
-#pragma unroll
-    for (int i = 0; i < kHeadChunk; ++i) {
-      if (h0 + i < p.heads) {
-        const int64_t base = (n * p.heads + h0 + i) * p.head_dim + k0;  // first half; second half at + half
-        a[i] = *reinterpret_cast<const VecT*>(in + base);
-        b[i] = *reinterpret_cast<const VecT*>(in + base + half);
-        if (kBackward && accumulate) {
-          oa[i] = *reinterpret_cast<const VecT*>(out + base);
-          ob[i] = *reinterpret_cast<const VecT*>(out + base + half);
-        }
-      }
+  for (int i = threadIdx.x; i < ntok * items; i += blockDim.x) {
+    const int t = i / items, h = (i % items) / vecs, k0 = (i % vecs) * V;
+    const int64_t base = ((tok0 + t) * p.heads + h) * p.head_dim + k0;  // first half; second half at + half
+    const VecT a = *reinterpret_cast<const VecT*>(in + base);
+    const VecT b = *reinterpret_cast<const VecT*>(in + base + half);
+    VecT oa, ob;
+    if (kBackward && accumulate) {
+      oa = *reinterpret_cast<const VecT*>(out + base);
+      ob = *reinterpret_cast<const VecT*>(out + base + half);
     }
+    VecT ra, rb;
 #pragma unroll
-    for (int i = 0; i < kHeadChunk; ++i) {
-      if (h0 + i >= p.heads) continue;
-      VecT ra, rb;
-#pragma unroll
-      for (int j = 0; j < V; ++j) {
-        const float x1 = to_f32(a[i].v[j]), x2 = to_f32(b[i].v[j]);
-        float r1, r2;
-        if (kBackward) {
-          r1 = x1 * c[j] + x2 * s[j];
-          r2 = x2 * c[j] - x1 * s[j];
-          if (accumulate) {
-            r1 += to_f32(oa[i].v[j]);
-            r2 += to_f32(ob[i].v[j]);
-          }
-        } else {
-          r1 = __fadd_rn(round_to<T>(__fmul_rn(x1, c[j])), round_to<T>(__fmul_rn(-x2, s[j])));
-          r2 = __fadd_rn(round_to<T>(__fmul_rn(x2, c[j])), round_to<T>(__fmul_rn(x1, s[j])));
+    for (int j = 0; j < V; ++j) {
+      const float c = cos_t[t * half + k0 + j], s = sin_t[t * half + k0 + j];
+      const float x1 = to_f32(a.v[j]), x2 = to_f32(b.v[j]);
+      float r1, r2;
+      if (kBackward) {
+        r1 = x1 * c + x2 * s;
+        r2 = x2 * c - x1 * s;
+        if (accumulate) {
+          r1 += to_f32(oa.v[j]);
+          r2 += to_f32(ob.v[j]);
         }
-        ra.v[j] = from_f32<T>(r1);
-        rb.v[j] = from_f32<T>(r2);
+      } else {
+        r1 = __fadd_rn(round_to<T>(__fmul_rn(x1, c)), round_to<T>(__fmul_rn(-x2, s)));
+        r2 = __fadd_rn(round_to<T>(__fmul_rn(x2, c)), round_to<T>(__fmul_rn(x1, s)));
       }
-      const int64_t base = (n * p.heads + h0 + i) * p.head_dim + k0;
-      *reinterpret_cast<VecT*>(out + base) = ra;
-      *reinterpret_cast<VecT*>(out + base + half) = rb;
+      ra.v[j] = from_f32<T>(r1);
+      rb.v[j] = from_f32<T>(r2);
     }
+    *reinterpret_cast<VecT*>(out + base) = ra;
+    *reinterpret_cast<VecT*>(out + base + half) = rb;
   }
 }
 
@@ -97,14 +89,18 @@ void launch(TensorView out, TensorView in, TensorView pos, const RopeParams& p, 
   const bool vec = (p.head_dim / 2) % kVec == 0 && reinterpret_cast<uintptr_t>(out.data) % 16 == 0 &&
                    reinterpret_cast<uintptr_t>(in.data) % 16 == 0;
   const int v = vec ? kVec : 1;
-  const int64_t threads = p.tokens * (p.head_dim / 2 / v);
-  const unsigned grid = unsigned((threads + kBlock - 1) / kBlock);
+  // Tokens per block: enough (token, head, vector) items to fill the block, at least one token.
+  const int64_t items = p.heads * (p.head_dim / 2 / v);
+  const int tb = int(std::max<int64_t>(1, std::min<int64_t>(kBlock / items, p.tokens)));
+  const unsigned grid = unsigned((p.tokens + tb - 1) / tb);
+  // tb * d/2 <= kBlock * v (items >= d/2/v), so the tables take at most 16 KiB.
+  const size_t smem = 2 * size_t(tb) * size_t(p.head_dim / 2) * sizeof(float);
   if (vec)
-    rope_kernel<T, kVec, kBackward><<<grid, kBlock, 0, stream>>>(out.ptr<T>(), in.ptr<const T>(),
-                                                                 pos.ptr<const int32_t>(), inv, p, accumulate);
+    rope_kernel<T, kVec, kBackward><<<grid, kBlock, smem, stream>>>(
+        out.ptr<T>(), in.ptr<const T>(), pos.ptr<const int32_t>(), inv, p, tb, accumulate);
   else
-    rope_kernel<T, 1, kBackward><<<grid, kBlock, 0, stream>>>(out.ptr<T>(), in.ptr<const T>(),
-                                                              pos.ptr<const int32_t>(), inv, p, accumulate);
+    rope_kernel<T, 1, kBackward><<<grid, kBlock, smem, stream>>>(
+        out.ptr<T>(), in.ptr<const T>(), pos.ptr<const int32_t>(), inv, p, tb, accumulate);
   CUDA_CHECK_LAST();
 }
 
