@@ -9,8 +9,8 @@
 // Backward (the transpose of the rotation, halves 1 = [0,d/2), 2 = [d/2,d)):
 //   dx1 = dy1*c + dy2*s,  dx2 = dy2*c - dy1*s     f32 from the rounded cos/sin, rounded once; dx honours dx_mode
 //   (set or add); dx may alias dy. HF's autograd rounds dy*cos and dy*sin to the dtype before adding them;
-//   this rounds once (measured against transformers on an H200: the forward is bit-exact in bf16/f16, dx is
-//   within one ulp in ~27-30% of elements).
+//   this rounds once. Measured against transformers on an H200 (N=512, 8x256): y bit-exact in bf16/f16 (f32:
+//   99.9%, the rest within 2.4e-7); dx bit-exact in 70-73% of elements and within one ulp elsewhere.
 // Both backends compute inv_freq with the same host function (rope_inv_freq), and cos/sin in f32 with the
 // C library's cosf/sinf (CPU) or CUDA's precise cosf/sinf: those agree to about 1 f32 ulp, so after rounding to
 // f16/bf16 cos/sin almost always match bit for bit, and f32 results agree to a few ulps.
