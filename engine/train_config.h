@@ -23,7 +23,9 @@ struct ModelConfig {
 
 struct DataConfig {
   std::string path;               // required: JSONL file, e.g. "data/train.jsonl"
-  std::string prompt_format;      // "" = Gemma chat template; else e.g. "{instruction}\n{output}"
+  // "" = Gemma chat template; else e.g. "{instruction}\n{output}": placeholders {system} {instruction}
+  // {output} ({output} exactly once), {{ and }} for literal braces (Python str.format rules)
+  std::string prompt_format;
   int64_t max_seq_length = 512;   // tokens per sample incl. <bos>; longer samples are head-truncated (§6.2)
   std::string loss_on = "all";    // all (the notebook: every non-pad token, §6.4) | assistant (output only)
   bool skip_bad_lines = false;    // true: skip and count malformed JSONL lines instead of failing
