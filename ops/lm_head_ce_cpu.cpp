@@ -3,8 +3,8 @@
 //   loss = logsumexp(x) - x_y               d loss / d x_j = softmax_j - [j == y]
 //   x = cap * tanh(inv_cap * l)             d x / d l = cap * inv_cap * (1 - t^2), t = tanh(inv_cap * l)
 //   l_j = h . E_j                           d loss / d h = sum_j dl_j E_j
-// Chunking-free: rows are independent, so the block of rows held at once (kBlockRows) only bounds memory
-// and never changes a result; every sum runs in the same order as ops::cpu::matmul's.
+// Chunking-free: rows are independent, so the block of rows held at once only bounds memory and never
+// changes a result; every sum runs in the same order as ops::cpu::matmul's.
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -26,26 +26,27 @@ void lm_head_ce(TensorView loss_sum, TensorView n_valid, TensorView dhidden, Acc
     ENGINE_CHECK(y == kIgnoreIndex || (0 <= y && y < V), "lm_head_ce: label ", y, " at row ", i, " is neither ",
                  kIgnoreIndex, " nor in [0, ", V, ")");
   }
-  constexpr int64_t kBlockRows = 64;
-  std::vector<double> e(D);  // one row of E
+  // kRows rows at a time: their logit accumulators stay in registers and each element of E is converted
+  // once per block; the dhidden sums run over k-tiles of kTile columns that stay in L1.
+  constexpr int64_t kRows = 8, kTile = 256;
+  std::vector<double> e(D), ht(D * kRows), x(kRows * V), slope(V), dh(kRows * kTile);
   double loss = 0;
   int64_t valid = 0;
-  for (int64_t r0 = 0; r0 < N; r0 += kBlockRows) {
-    const int64_t nb = std::min(kBlockRows, N - r0);
-    std::vector<double> ht(D * nb), acc(nb);  // hidden block transposed (D, nb): the inner loop runs over rows
-    std::vector<double> x(nb * V), slope(V);  // logits, then dlogits (nb, V)
+  for (int64_t r0 = 0; r0 < N; r0 += kRows) {
+    const int64_t nb = std::min(kRows, N - r0);
+    std::fill(ht.begin(), ht.end(), 0.0);  // hidden block transposed (D, kRows); rows past nb stay zero
     for (int64_t i = 0; i < nb; ++i)
-      for (int64_t k = 0; k < D; ++k) ht[k * nb + i] = engine::load_f64(hidden.data, dt, (r0 + i) * D + k);
+      for (int64_t k = 0; k < D; ++k) ht[k * kRows + i] = engine::load_f64(hidden.data, dt, (r0 + i) * D + k);
     // l = rnd(h @ E^T): the GEMM output in the act dtype.
     for (int64_t j = 0; j < V; ++j) {
       for (int64_t k = 0; k < D; ++k) e[k] = engine::load_f64(table.data, dt, j * D + k);
-      std::fill(acc.begin(), acc.end(), 0.0);
+      double acc[kRows] = {};
       for (int64_t k = 0; k < D; ++k)
-        for (int64_t i = 0; i < nb; ++i) acc[i] += ht[k * nb + i] * e[k];
+        for (int64_t i = 0; i < kRows; ++i) acc[i] += ht[k * kRows + i] * e[k];
       for (int64_t i = 0; i < nb; ++i) x[i * V + j] = engine::round_to(dt, acc[i]);
     }
     for (int64_t i = 0; i < nb; ++i) {
-      double* xi = &x[i * V];  // (V)
+      double* xi = &x[i * V];  // (V): logits, then dlogits
       const int64_t y = int64_t(engine::load_f64(labels.data, DType::kI32, r0 + i));
       if (y == kIgnoreIndex) {
         std::fill(xi, xi + V, 0.0);
@@ -71,19 +72,24 @@ void lm_head_ce(TensorView loss_sum, TensorView n_valid, TensorView dhidden, Acc
     }
     if (!dhidden.defined()) continue;
     // dh = dlogits @ E, summed over j in order like ops::cpu::matmul; rounded once (with dhidden when adding).
-    std::vector<double> dh(nb * D, 0.0);
-    for (int64_t j = 0; j < V; ++j) {
-      for (int64_t k = 0; k < D; ++k) e[k] = engine::load_f64(table.data, dt, j * D + k);
-      for (int64_t i = 0; i < nb; ++i) {
-        const double g = x[i * V + j];
-        double* dhi = &dh[i * D];
-        for (int64_t k = 0; k < D; ++k) dhi[k] += g * e[k];
+    for (int64_t k0 = 0; k0 < D; k0 += kTile) {
+      const int64_t kt = std::min(kTile, D - k0);
+      std::fill(dh.begin(), dh.end(), 0.0);
+      for (int64_t j = 0; j < V; ++j) {
+        for (int64_t k = 0; k < kt; ++k) e[k] = engine::load_f64(table.data, dt, j * D + k0 + k);
+        for (int64_t i = 0; i < nb; ++i) {
+          const double g = x[i * V + j];
+          double* dhi = &dh[i * kTile];
+          for (int64_t k = 0; k < kt; ++k) dhi[k] += g * e[k];
+        }
       }
-    }
-    for (int64_t i = 0; i < nb * D; ++i) {
-      double v = dh[i];
-      if (dh_mode == Accum::kAdd) v += engine::load_f64(dhidden.data, dhidden.dtype, r0 * D + i);
-      engine::store_f64(dhidden.data, dhidden.dtype, r0 * D + i, v);
+      for (int64_t i = 0; i < nb; ++i)
+        for (int64_t k = 0; k < kt; ++k) {
+          const int64_t idx = (r0 + i) * D + k0 + k;
+          double v = dh[i * kTile + k];
+          if (dh_mode == Accum::kAdd) v += engine::load_f64(dhidden.data, dhidden.dtype, idx);
+          engine::store_f64(dhidden.data, dhidden.dtype, idx, v);
+        }
     }
   }
   engine::store_f64(loss_sum.data, loss_sum.dtype, 0, engine::load_f64(loss_sum.data, loss_sum.dtype, 0) + loss);

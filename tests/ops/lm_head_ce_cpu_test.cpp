@@ -108,7 +108,7 @@ class LmHeadCeCpuNaive : public ::testing::TestWithParam<NaiveCase> {};
 TEST_P(LmHeadCeCpuNaive, MatchesMaterialisedLogits) {
   const auto [dt, softcap] = GetParam();
   Engine eng({engine::Backend::kCPU});
-  const int64_t N = 70, D = 13, V = 37;  // N > the reference's 64-row block
+  const int64_t N = 70, D = 13, V = 37;  // several 8-row blocks of the reference, a ragged last one
   const ops::LmHeadCeParams p{N, D, V, softcap, 16, 0.5f};
   // Logits up to ~20 so the act-dtype roundings of the softcap matter.
   TestTensor h(eng, Device::kCPU, {N, D}, dt, random_normal(N * D, 31, 2.0));
