@@ -136,6 +136,7 @@ TEST(ChatTemplateTest, TrimIsPythonStrip) {
   EXPECT_EQ(engine::trim_whitespace(" \t\r\n\v\f"), "");
   EXPECT_EQ(engine::trim_whitespace("東京"), "東京");
   EXPECT_EQ(engine::trim_whitespace("\u300c東京\u300d"), "\u300c東京\u300d");  // brackets are not spaces
+  EXPECT_EQ(engine::trim_whitespace(" \xff\x80 "), "\xff\x80");                 // invalid UTF-8 is kept
 }
 
 TEST(ChatTemplateTest, LossOnNames) {
@@ -235,6 +236,17 @@ TEST_F(ChatDataTest, TruncationKeepsBosAndEos) {
       EXPECT_TRUE(std::all_of(ex.labels.begin(), ex.labels.end(), [](int32_t l) { return l == kIgnoreLabel; }));
     }
   }
+  // Cut only the final "\n": the reply is whole but the record counts as truncated, so EOS is no target.
+  {
+    auto o = opts("cut1.jsonl", std::string(kQA) + "\n");
+    o.max_seq_length = int64_t(full.size()) + 1;
+    o.loss_on = LossOn::kAssistant;
+    const ChatDataset d = ChatDataset::load(o, *tok_);
+    EXPECT_TRUE(d[0].truncated);
+    EXPECT_EQ(d[0].ids.back(), tok_->eos_id());
+    EXPECT_EQ(d[0].labels.back(), kIgnoreLabel);
+    EXPECT_EQ(d[0].labels[d[0].labels.size() - 2], tok_->end_of_turn_id());
+  }
   // Exactly at the limit: not truncated.
   auto o = opts("fit.jsonl", std::string(kQA) + "\n");
   o.max_seq_length = int64_t(full.size()) + 2;
@@ -255,6 +267,7 @@ TEST_F(ChatDataTest, BadRecordsNameFileAndLine) {
   const std::string good = kQA;
   const std::vector<std::pair<std::string, std::string>> cases = {
       {R"({"messages": [)", "invalid JSON"},
+      {"{\"messages\": [{\"role\": \"user\", \"content\": \"\xff\"}]}", "invalid JSON"},  // not UTF-8
       {R"([1, 2])", "expected a JSON object"},
       {R"({"msgs": []})", "missing \"messages\""},
       {R"({"messages": "hi"})", "\"messages\" must be an array, got string"},
