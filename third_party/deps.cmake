@@ -15,6 +15,15 @@ add_library(third_party::sentencepiece UNKNOWN IMPORTED GLOBAL)
 set_target_properties(third_party::sentencepiece PROPERTIES
   IMPORTED_LOCATION "${SENTENCEPIECE_LIBRARY}"
   INTERFACE_INCLUDE_DIRECTORIES "${SENTENCEPIECE_INCLUDE_DIR}")
+# The trainer (same package) is for tests only: they train a tiny model instead of shipping a binary file.
+find_library(SENTENCEPIECE_TRAIN_LIBRARY sentencepiece_train)
+if(NOT SENTENCEPIECE_TRAIN_LIBRARY)
+  message(FATAL_ERROR "sentencepiece_train not found: run tools/setup.sh (installs libsentencepiece-dev)")
+endif()
+add_library(third_party::sentencepiece_train UNKNOWN IMPORTED GLOBAL)
+set_target_properties(third_party::sentencepiece_train PROPERTIES
+  IMPORTED_LOCATION "${SENTENCEPIECE_TRAIN_LIBRARY}"
+  INTERFACE_LINK_LIBRARIES third_party::sentencepiece)
 
 # NCCL: the toolkit's CMake package does not export it.
 find_path(NCCL_INCLUDE_DIR nccl.h HINTS ${CUDAToolkit_INCLUDE_DIRS})
