@@ -7,8 +7,8 @@
 
 namespace ops {
 
-void lm_head_ce_check(TensorView loss_sum, TensorView n_valid, TensorView dhidden, TensorView hidden,
-                      TensorView table, TensorView labels, const LmHeadCeParams& p) {
+void lm_head_ce_check(TensorView loss_sum, TensorView n_valid, TensorView dhidden, TensorView dtable,
+                      TensorView hidden, TensorView table, TensorView labels, const LmHeadCeParams& p) {
   check_float(hidden, "lm_head_ce hidden");
   ENGINE_CHECK(p.rows >= 0 && p.dim > 0 && p.vocab > 0 && p.chunk_rows > 0, "lm_head_ce: bad sizes rows=", p.rows,
                " dim=", p.dim, " vocab=", p.vocab, " chunk_rows=", p.chunk_rows);
@@ -25,6 +25,9 @@ void lm_head_ce_check(TensorView loss_sum, TensorView n_valid, TensorView dhidde
                n_valid.str(), " must be one i32");
   ENGINE_CHECK(!dhidden.defined() || (dhidden.dtype == hidden.dtype && dhidden.numel() == hidden.numel()),
                "lm_head_ce: dhidden ", dhidden.str(), " must match hidden ", hidden.str());
+  ENGINE_CHECK(!dtable.defined() || ((dtable.dtype == DType::kF32 || dtable.dtype == DType::kF64) &&
+                                     dtable.numel() == p.vocab * p.dim),
+               "lm_head_ce: dtable ", dtable.str(), " must be f32 (vocab=", p.vocab, ", dim=", p.dim, ")");
 }
 
 namespace {
@@ -41,10 +44,11 @@ size_t lm_head_ce_workspace_bytes(const LmHeadCeParams& p, DType act) {
 
 namespace cuda {
 
-void lm_head_ce(TensorView loss_sum, TensorView n_valid, TensorView dhidden, Accum dh_mode, TensorView hidden,
+void lm_head_ce(TensorView loss_sum, TensorView n_valid, TensorView dhidden, Accum dh_mode, TensorView dtable,
+                TensorView hidden,
                 TensorView table, TensorView labels, TensorView workspace, const LmHeadCeParams& p,
                 engine::CublasLt& blas, cudaStream_t stream) {
-  lm_head_ce_check(loss_sum, n_valid, dhidden, hidden, table, labels, p);
+  lm_head_ce_check(loss_sum, n_valid, dhidden, dtable, hidden, table, labels, p);
   ENGINE_CHECK(hidden.dtype != DType::kF64 && loss_sum.dtype == DType::kF32, "lm_head_ce (cuda): hidden ",
                hidden.str(), " must be f32/f16/bf16 and loss_sum ", loss_sum.str(), " f32");
   if (p.rows == 0) return;
@@ -61,7 +65,11 @@ void lm_head_ce(TensorView loss_sum, TensorView n_valid, TensorView dhidden, Acc
     const TensorView h_c = h.slice_rows(r0, r1), lg = logits.slice_rows(0, r1 - r0);
     matmul(lg, h_c, e, matmul_params(lg, h_c, e, false, true), blas, stream);  // (n, V) = h_c @ E^T
     lm_head_ce_rows(loss_sum, n_valid, row_loss.slice_rows(0, r1 - r0), lg, lab.slice_rows(r0, r1),
-                    dhidden.defined(), p, stream);
+                    dhidden.defined() || dtable.defined(), p, stream);
+    if (dtable.defined()) {  // dE (V, D) += dlogits^T (V, n) @ h_c (n, D)
+      const TensorView de = dtable.reshape({V, D});
+      matmul(de, lg, h_c, matmul_params(de, lg, h_c, true, false, 1.f, 1.f), blas, stream);
+    }
     if (dhidden.defined()) {
       const TensorView dh_c = dhidden.reshape({N, D}).slice_rows(r0, r1);  // (n, D) = dlogits @ E
       matmul(dh_c, lg, e, matmul_params(dh_c, lg, e, false, false, 1.f, dh_mode == Accum::kAdd ? 1.f : 0.f), blas,

@@ -20,7 +20,9 @@
 //   n_valid  (scalar, i32, optional)           += number of non-ignored tokens.
 //   dhidden  (N, D) act dtype, optional: grad_scale * d(loss_sum)/d(hidden); honours dh_mode (set or add).
 //            The trainer passes grad_scale = loss_scale / N_total (SPEC.md §5.2, §5.3).
-//   No gradient to E (frozen tied head, SPEC.md §1.8).
+//   dtable   (V, D) f32 (f64 on CPU), optional: += grad_scale * d(loss_sum)/d(E) through the head
+//            (dlogits^T @ hidden), ACCUMULATES. Only full fine-tuning of the tied embedding wants it; the
+//            QLoRA head is frozen (SPEC.md §1.8) and passes an undefined view.
 // Deliberate differences from HF: the backward rounds dlogits once (HF's autograd rounds after the CE
 // backward and again in each softcap backward step); an out-of-range label (neither -100 nor in [0, V))
 // throws on CPU and makes loss_sum NaN on CUDA (a host-side check would need a sync).
@@ -45,15 +47,15 @@ struct LmHeadCeParams {
 
 constexpr int32_t kIgnoreIndex = -100;
 
-void lm_head_ce_check(TensorView loss_sum, TensorView n_valid, TensorView dhidden, TensorView hidden,
-                      TensorView table, TensorView labels, const LmHeadCeParams& p);
+void lm_head_ce_check(TensorView loss_sum, TensorView n_valid, TensorView dhidden, TensorView dtable,
+                      TensorView hidden, TensorView table, TensorView labels, const LmHeadCeParams& p);
 
 // Bytes of CUDA scratch: one (min(chunk_rows, N), V) act-dtype logits buffer plus per-row f32 losses.
 size_t lm_head_ce_workspace_bytes(const LmHeadCeParams& p, DType act);
 
 namespace cpu {
-void lm_head_ce(TensorView loss_sum, TensorView n_valid, TensorView dhidden, Accum dh_mode, TensorView hidden,
-                TensorView table, TensorView labels, const LmHeadCeParams& p);
+void lm_head_ce(TensorView loss_sum, TensorView n_valid, TensorView dhidden, Accum dh_mode, TensorView dtable,
+                TensorView hidden, TensorView table, TensorView labels, const LmHeadCeParams& p);
 }  // namespace cpu
 
 namespace cuda {
@@ -63,20 +65,21 @@ namespace cuda {
 void lm_head_ce_rows(TensorView loss_sum, TensorView n_valid, TensorView row_loss, TensorView logits,
                      TensorView labels, bool write_grad, const LmHeadCeParams& p, cudaStream_t stream);
 // The whole op; workspace: at least lm_head_ce_workspace_bytes(p, hidden.dtype) bytes on the device.
-void lm_head_ce(TensorView loss_sum, TensorView n_valid, TensorView dhidden, Accum dh_mode, TensorView hidden,
-                TensorView table, TensorView labels, TensorView workspace, const LmHeadCeParams& p,
+void lm_head_ce(TensorView loss_sum, TensorView n_valid, TensorView dhidden, Accum dh_mode, TensorView dtable,
+                TensorView hidden, TensorView table, TensorView labels, TensorView workspace, const LmHeadCeParams& p,
                 engine::CublasLt& blas, cudaStream_t stream);
 }  // namespace cuda
 
 inline void lm_head_ce(TensorView loss_sum, TensorView n_valid, TensorView dhidden, Accum dh_mode,
-                       TensorView hidden, TensorView table, TensorView labels, const LmHeadCeParams& p,
+                       TensorView dtable, TensorView hidden, TensorView table, TensorView labels, const LmHeadCeParams& p,
                        Engine& eng) {
-  if (on_cuda({loss_sum, n_valid, dhidden, hidden, table, labels})) {
+  if (on_cuda({loss_sum, n_valid, dhidden, dtable, hidden, table, labels})) {
     // From the caching allocator: freed at return, reused by the next call in stream order.
     engine::Tensor ws = eng.empty({int64_t(lm_head_ce_workspace_bytes(p, hidden.dtype))}, DType::kU8);
-    cuda::lm_head_ce(loss_sum, n_valid, dhidden, dh_mode, hidden, table, labels, ws, p, eng.blas(), eng.stream());
+    cuda::lm_head_ce(loss_sum, n_valid, dhidden, dh_mode, dtable, hidden, table, labels, ws, p, eng.blas(),
+                     eng.stream());
   } else {
-    cpu::lm_head_ce(loss_sum, n_valid, dhidden, dh_mode, hidden, table, labels, p);
+    cpu::lm_head_ce(loss_sum, n_valid, dhidden, dh_mode, dtable, hidden, table, labels, p);
   }
 }
 

@@ -14,9 +14,10 @@
 namespace ops {
 namespace cpu {
 
-void lm_head_ce(TensorView loss_sum, TensorView n_valid, TensorView dhidden, Accum dh_mode, TensorView hidden,
+void lm_head_ce(TensorView loss_sum, TensorView n_valid, TensorView dhidden, Accum dh_mode, TensorView dtable,
+                TensorView hidden,
                 TensorView table, TensorView labels, const LmHeadCeParams& p) {
-  lm_head_ce_check(loss_sum, n_valid, dhidden, hidden, table, labels, p);
+  lm_head_ce_check(loss_sum, n_valid, dhidden, dtable, hidden, table, labels, p);
   const DType dt = hidden.dtype;
   const int64_t N = p.rows, D = p.dim, V = p.vocab;
   const bool cap = p.softcap > 0.f;
@@ -69,6 +70,15 @@ void lm_head_ce(TensorView loss_sum, TensorView n_valid, TensorView dhidden, Acc
       ++valid;
       for (int64_t j = 0; j < V; ++j)
         xi[j] = engine::round_to(dt, (std::exp(xi[j] - lse) - (j == y ? 1.0 : 0.0)) * p.grad_scale * slope[j]);
+    }
+    if (dtable.defined()) {  // dE[j, :] += sum_i dlogits[i, j] * h[i, :]
+      for (int64_t j = 0; j < V; ++j)
+        for (int64_t k = 0; k < D; ++k) {
+          double acc = 0;
+          for (int64_t i = 0; i < nb; ++i) acc += x[i * V + j] * ht[k * kRows + i];
+          const int64_t idx = j * D + k;
+          engine::store_f64(dtable.data, dtable.dtype, idx, engine::load_f64(dtable.data, dtable.dtype, idx) + acc);
+        }
     }
     if (!dhidden.defined()) continue;
     // dh = dlogits @ E, summed over j in order like ops::cpu::matmul; rounded once (with dhidden when adding).

@@ -4,6 +4,7 @@ find_package(yaml-cpp REQUIRED)               # libyaml-cpp-dev
 find_package(GTest REQUIRED)                  # libgtest-dev
 find_package(benchmark REQUIRED)              # libbenchmark-dev
 find_package(nlohmann_json 3 REQUIRED)        # nlohmann-json3-dev
+find_package(CLI11 REQUIRED)                  # libcli11-dev
 
 # sentencepiece (libsentencepiece-dev) ships no CMake config.
 find_path(SENTENCEPIECE_INCLUDE_DIR sentencepiece_processor.h)

@@ -33,13 +33,13 @@ TEST_P(LmHeadCeCpuFd, BackwardMatchesFiniteDifferences) {
   TestTensor loss(eng, Device::kCPU, {1}, DType::kF64), count(eng, Device::kCPU, {1}, DType::kI32);
   auto loss_fn = [&] {
     loss.set({0.0});
-    ops::cpu::lm_head_ce(loss, TensorView{}, TensorView{}, ops::Accum::kSet, h, e, y, p);
+    ops::cpu::lm_head_ce(loss, TensorView{}, TensorView{}, ops::Accum::kSet, TensorView{}, h, e, y, p);
     return loss.values()[0];
   };
   TestTensor dh(eng, Device::kCPU, {N, D}, DType::kF64);
   loss.set({0.0});
   count.set({0.0});
-  ops::cpu::lm_head_ce(loss, count, dh, ops::Accum::kSet, h, e, y, p);
+  ops::cpu::lm_head_ce(loss, count, dh, ops::Accum::kSet, TensorView{}, h, e, y, p);
   EXPECT_EQ(count.values()[0], 3.0);
   EXPECT_GT(loss.values()[0], 0.0);
   std::vector<double> want = numeric_grad(loss_fn, h);
@@ -116,7 +116,7 @@ TEST_P(LmHeadCeCpuNaive, MatchesMaterialisedLogits) {
   const std::vector<double> yv = make_labels(N, V, 33, 4);
   TestTensor y(eng, Device::kCPU, {N}, DType::kI32, yv);
   TestTensor loss(eng, Device::kCPU, {1}, DType::kF64, {0.0}), dh(eng, Device::kCPU, {N, D}, dt);
-  ops::cpu::lm_head_ce(loss, TensorView{}, dh, ops::Accum::kSet, h, e, y, p);
+  ops::cpu::lm_head_ce(loss, TensorView{}, dh, ops::Accum::kSet, TensorView{}, h, e, y, p);
   const Naive want = naive_lm_head_ce(eng, h, e, yv, p, dt);
   EXPECT_NEAR(loss.values()[0], want.loss, 1e-9 * std::fabs(want.loss));
   // Same f64 sums in the same order, rounded at the same points: equal up to f64 noise.
@@ -140,10 +140,10 @@ TEST(LmHeadCeCpu, AccumulateTwiceDoubles) {
   TestTensor y(eng, Device::kCPU, {N}, DType::kI32, make_labels(N, V, 43, 3));
   TestTensor loss(eng, Device::kCPU, {1}, DType::kF64, {0.0}), count(eng, Device::kCPU, {1}, DType::kI32, {0.0});
   TestTensor dh(eng, Device::kCPU, {N, D}, DType::kF64);
-  ops::cpu::lm_head_ce(loss, count, dh, ops::Accum::kSet, h, e, y, p);
+  ops::cpu::lm_head_ce(loss, count, dh, ops::Accum::kSet, TensorView{}, h, e, y, p);
   const double l1 = loss.values()[0];
   const auto dh1 = dh.values();
-  ops::cpu::lm_head_ce(loss, count, dh, ops::Accum::kAdd, h, e, y, p);
+  ops::cpu::lm_head_ce(loss, count, dh, ops::Accum::kAdd, TensorView{}, h, e, y, p);
   std::vector<double> dh2 = dh1;
   for (auto& v : dh2) v *= 2;
   EXPECT_NEAR(loss.values()[0], 2 * l1, 1e-12 * l1);
@@ -160,7 +160,7 @@ TEST(LmHeadCeCpu, AllIgnoredGivesZeroLossAndGradient) {
   TestTensor y(eng, Device::kCPU, {N}, DType::kI32, std::vector<double>(N, ops::kIgnoreIndex));
   TestTensor loss(eng, Device::kCPU, {1}, DType::kF32, {0.0}), count(eng, Device::kCPU, {1}, DType::kI32, {0.0});
   TestTensor dh(eng, Device::kCPU, {N, D}, DType::kBF16);
-  ops::cpu::lm_head_ce(loss, count, dh, ops::Accum::kSet, h, e, y, p);
+  ops::cpu::lm_head_ce(loss, count, dh, ops::Accum::kSet, TensorView{}, h, e, y, p);
   EXPECT_EQ(loss.values()[0], 0.0);
   EXPECT_EQ(count.values()[0], 0.0);
   EXPECT_CLOSE(dh.values(), std::vector<double>(N * D, 0.0), (Tol{0, 0}));
@@ -182,16 +182,16 @@ TEST(LmHeadCeCpu, RejectsBadArguments) {
   ops::LmHeadCeParams wrong_dim = p, no_chunk = p;
   wrong_dim.dim = 5;
   no_chunk.chunk_rows = 0;
-  EXPECT_NO_THROW(ops::cpu::lm_head_ce(loss, none, dh, ops::Accum::kSet, h, e, y, p));
-  EXPECT_THROW(ops::cpu::lm_head_ce(loss, none, dh, ops::Accum::kSet, h, e, y, wrong_dim), engine::Error);
-  EXPECT_THROW(ops::cpu::lm_head_ce(loss, none, dh, ops::Accum::kSet, h, e, y, no_chunk), engine::Error);
-  EXPECT_THROW(ops::cpu::lm_head_ce(loss, none, dh, ops::Accum::kSet, h, e_bf16, y, p), engine::Error);
-  EXPECT_THROW(ops::cpu::lm_head_ce(loss, none, dh_bf16, ops::Accum::kSet, h, e, y, p), engine::Error);
-  EXPECT_THROW(ops::cpu::lm_head_ce(loss, none, dh, ops::Accum::kSet, h, e, y_f32, p), engine::Error);
-  EXPECT_THROW(ops::cpu::lm_head_ce(loss_i32, none, dh, ops::Accum::kSet, h, e, y, p), engine::Error);
-  EXPECT_THROW(ops::cpu::lm_head_ce(loss, loss, dh, ops::Accum::kSet, h, e, y, p), engine::Error);  // n_valid f32
+  EXPECT_NO_THROW(ops::cpu::lm_head_ce(loss, none, dh, ops::Accum::kSet, TensorView{}, h, e, y, p));
+  EXPECT_THROW(ops::cpu::lm_head_ce(loss, none, dh, ops::Accum::kSet, TensorView{}, h, e, y, wrong_dim), engine::Error);
+  EXPECT_THROW(ops::cpu::lm_head_ce(loss, none, dh, ops::Accum::kSet, TensorView{}, h, e, y, no_chunk), engine::Error);
+  EXPECT_THROW(ops::cpu::lm_head_ce(loss, none, dh, ops::Accum::kSet, TensorView{}, h, e_bf16, y, p), engine::Error);
+  EXPECT_THROW(ops::cpu::lm_head_ce(loss, none, dh_bf16, ops::Accum::kSet, TensorView{}, h, e, y, p), engine::Error);
+  EXPECT_THROW(ops::cpu::lm_head_ce(loss, none, dh, ops::Accum::kSet, TensorView{}, h, e, y_f32, p), engine::Error);
+  EXPECT_THROW(ops::cpu::lm_head_ce(loss_i32, none, dh, ops::Accum::kSet, TensorView{}, h, e, y, p), engine::Error);
+  EXPECT_THROW(ops::cpu::lm_head_ce(loss, loss, dh, ops::Accum::kSet, TensorView{}, h, e, y, p), engine::Error);  // n_valid f32
   const double before = loss.values()[0];
-  EXPECT_THROW(ops::cpu::lm_head_ce(loss, none, dh, ops::Accum::kSet, h, e, y_bad, p), engine::Error);
+  EXPECT_THROW(ops::cpu::lm_head_ce(loss, none, dh, ops::Accum::kSet, TensorView{}, h, e, y_bad, p), engine::Error);
   EXPECT_EQ(loss.values()[0], before);  // labels are checked before anything is written
 }
 

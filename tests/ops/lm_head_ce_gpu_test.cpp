@@ -58,7 +58,7 @@ TEST_P(LmHeadCeGpu, MatchesCpu) {
   TestTensor y_cpu(eng, Device::kCPU, {N}, DType::kI32, yv);
   TestTensor loss_cpu(eng, Device::kCPU, {1}, DType::kF32, {loss0}), count_cpu(eng, Device::kCPU, {1}, DType::kI32, {count0});
   TestTensor dh_cpu(eng, Device::kCPU, {N, D}, dt);
-  ops::cpu::lm_head_ce(loss_cpu, count_cpu, dh_cpu, ops::Accum::kSet, h_cpu, e_cpu, y_cpu, p);
+  ops::cpu::lm_head_ce(loss_cpu, count_cpu, dh_cpu, ops::Accum::kSet, TensorView{}, h_cpu, e_cpu, y_cpu, p);
   const Out want{loss_cpu.values()[0] - loss0, count_cpu.values()[0] - count0, dh_cpu.values()};
 
   TestTensor h(eng, Device::kCUDA, {N, D}, dt, hv), e(eng, Device::kCUDA, {V, D}, dt);
@@ -69,7 +69,7 @@ TEST_P(LmHeadCeGpu, MatchesCpu) {
     TestTensor loss(eng, Device::kCUDA, {1}, DType::kF32, {loss0}), count(eng, Device::kCUDA, {1}, DType::kI32, {count0});
     TestTensor dh(eng, Device::kCUDA, {N, D}, dt);
     for (int c = 0; c < calls; ++c)
-      ops::cuda::lm_head_ce(loss, count, dh, c == 0 ? ops::Accum::kSet : ops::Accum::kAdd, h, e, y, ws, p,
+      ops::cuda::lm_head_ce(loss, count, dh, c == 0 ? ops::Accum::kSet : ops::Accum::kAdd, TensorView{}, h, e, y, ws, p,
                             eng.blas(), eng.stream());
     EXPECT_GUARDS_INTACT(loss); EXPECT_GUARDS_INTACT(count); EXPECT_GUARDS_INTACT(dh); EXPECT_GUARDS_INTACT(ws);
     return Out{loss.values()[0] - loss0, count.values()[0] - count0, dh.values()};
@@ -94,7 +94,7 @@ TEST_P(LmHeadCeGpu, MatchesCpu) {
   // Loss only, through the Engine dispatch (workspace from the caching allocator): the same loss, bit for bit
   // (the row kernel's forward pass and the chunk reduction are deterministic).
   TestTensor loss_only(eng, Device::kCUDA, {1}, DType::kF32, {loss0});
-  ops::lm_head_ce(loss_only, TensorView{}, TensorView{}, ops::Accum::kSet, h, e, y, p, eng);
+  ops::lm_head_ce(loss_only, TensorView{}, TensorView{}, ops::Accum::kSet, TensorView{}, h, e, y, p, eng);
   EXPECT_EQ(loss_only.values()[0] - loss0, got.loss);
 }
 
@@ -127,7 +127,7 @@ TEST(LmHeadCeGpuEdge, AllIgnoredGivesZeroLossAndGradient) {
   TestTensor y(eng, Device::kCUDA, {N}, DType::kI32, std::vector<double>(N, ops::kIgnoreIndex));
   TestTensor loss(eng, Device::kCUDA, {1}, DType::kF32, {0.0}), count(eng, Device::kCUDA, {1}, DType::kI32, {0.0});
   TestTensor dh(eng, Device::kCUDA, {N, D}, DType::kBF16);
-  ops::lm_head_ce(loss, count, dh, ops::Accum::kSet, h, e, y, p, eng);
+  ops::lm_head_ce(loss, count, dh, ops::Accum::kSet, TensorView{}, h, e, y, p, eng);
   EXPECT_EQ(loss.values()[0], 0.0);
   EXPECT_EQ(count.values()[0], 0.0);
   EXPECT_CLOSE(dh.values(), std::vector<double>(N * D, 0.0), (Tol{0, 0}));
@@ -143,7 +143,7 @@ TEST(LmHeadCeGpuEdge, OutOfRangeLabelMakesLossNaN) {
   TestTensor e(eng, Device::kCUDA, {V, D}, DType::kF32, random_normal(V * D, 92));
   TestTensor y(eng, Device::kCUDA, {N}, DType::kI32, {1, 16, 3});
   TestTensor loss(eng, Device::kCUDA, {1}, DType::kF32, {0.0});
-  ops::lm_head_ce(loss, TensorView{}, TensorView{}, ops::Accum::kSet, h, e, y, p, eng);
+  ops::lm_head_ce(loss, TensorView{}, TensorView{}, ops::Accum::kSet, TensorView{}, h, e, y, p, eng);
   EXPECT_TRUE(std::isnan(loss.values()[0]));
 }
 
@@ -157,7 +157,7 @@ TEST(LmHeadCeGpuEdge, RejectsSmallWorkspace) {
   TestTensor y(eng, Device::kCUDA, {N}, DType::kI32, {1, 2, 3, 4, 5});
   TestTensor loss(eng, Device::kCUDA, {1}, DType::kF32, {0.0});
   TestTensor ws(eng, Device::kCUDA, {int64_t(ops::lm_head_ce_workspace_bytes(p, DType::kBF16)) - 1}, DType::kU8);
-  EXPECT_THROW(ops::cuda::lm_head_ce(loss, TensorView{}, TensorView{}, ops::Accum::kSet, h, e, y, ws, p, eng.blas(),
+  EXPECT_THROW(ops::cuda::lm_head_ce(loss, TensorView{}, TensorView{}, ops::Accum::kSet, TensorView{}, h, e, y, ws, p, eng.blas(),
                                      eng.stream()),
                engine::Error);
 }

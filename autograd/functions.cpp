@@ -1,0 +1,319 @@
+// autograd/functions.cpp: forward calls and backward closures. Each closure's capture list is exactly the
+// tensors its backward reads (Vars) plus the gradient handles it writes (GradRefs).
+#include "autograd/functions.h"
+
+#include "ops/elementwise.h"
+#include "ops/matmul.h"
+
+namespace autograd {
+
+Var embedding(Tape& tape, const Var& ids, const Var& table, float scale, DType out_dtype) {
+  Engine& eng = tape.engine();
+  const ops::EmbeddingParams p{ids.numel(), table.cols(), table.rows(), scale};
+  Var out = tape.output({p.tokens, p.dim}, out_dtype, "embedding", tape.any_requires_grad({table}));
+  ops::embedding_forward(out.t(), ids.t(), table.t(), p, eng);
+  if (out.requires_grad()) {
+    GradRef dtable = table, dout = out;
+    tape.record("embedding", {out}, [ids, dtable, dout, p](BackwardCtx& g) {  // saved: ids
+      ops::embedding_backward(g.grad(dtable), g.grad(dout), ids.t(), p, g.engine());
+      g.mode(dtable);
+    });
+  }
+  return out;
+}
+
+Var rmsnorm(Tape& tape, const Var& x, const Var& w, float eps) {
+  Engine& eng = tape.engine();
+  const ops::RmsNormParams p{x.rows(), x.cols(), eps};
+  const bool rg = tape.any_requires_grad({x, w});
+  Var y = tape.output(x.shape(), x.dtype(), "rmsnorm", rg);
+  Tensor rstd = eng.empty({p.rows}, DType::kF32);
+  ops::rmsnorm_forward(y.t(), rstd, x.t(), w.t(), p, eng);
+  if (rg) {
+    GradRef dy = y;
+    tape.record("rmsnorm", {y}, [x, w, rstd, dy, p](BackwardCtx& g) {  // saved: x, w, rstd
+      const TensorView dx = g.grad(x);
+      const Accum mode = g.mode(x);
+      const TensorView dw = g.grad(w);
+      if (dw.defined()) g.mode(w);
+      if (dx.defined()) {
+        ops::rmsnorm_backward(dx, mode, dw, g.grad(dy), x.t(), w.t(), rstd, p, g.engine());
+      } else if (dw.defined()) {  // only the weight trains: dx goes to a scratch buffer
+        Tensor scratch = g.engine().empty(x.shape(), x.dtype());
+        ops::rmsnorm_backward(scratch, Accum::kSet, dw, g.grad(dy), x.t(), w.t(), rstd, p, g.engine());
+      }
+    });
+  }
+  return y;
+}
+
+Var linear(Tape& tape, const Var& x, const Var& w) {
+  Engine& eng = tape.engine();
+  const int64_t n = x.rows(), in = x.cols(), out_f = w.rows();
+  ENGINE_CHECK(w.cols() == in, "linear: x ", x.t().str(), " vs weight ", w.t().str());
+  const bool rg = tape.any_requires_grad({x, w});
+  Var y = tape.output({n, out_f}, x.dtype(), "linear", rg);
+  ops::MatmulParams p;
+  p.m = n; p.n = out_f; p.k = in; p.trans_b = true;
+  ops::matmul(y.t(), x.t(), w.t(), p, eng);
+  if (rg) {
+    // Saved: x only when W trains (for dW), W only when x needs dx.
+    Var xs = w.requires_grad() ? x : Var(), ws = x.requires_grad() ? w : Var();
+    GradRef dx_ref = x, dw_ref = w, dy_ref = y;
+    tape.record("linear", {y}, [xs, ws, dx_ref, dw_ref, dy_ref, n, in, out_f](BackwardCtx& g) {
+      const TensorView dy = g.grad(dy_ref);
+      if (g.needs(dx_ref)) {  // dx (n, in) = dy (n, out) @ W (out, in)
+        ops::MatmulParams p;
+        p.m = n; p.n = in; p.k = out_f;
+        p.beta = g.mode(dx_ref) == Accum::kAdd ? 1.f : 0.f;
+        ops::matmul(g.grad(dx_ref), dy, ws.t(), p, g.engine());
+      }
+      if (g.needs(dw_ref)) {  // dW (out, in) += dy^T (out, n) @ x (n, in)
+        ops::MatmulParams p;
+        p.m = out_f; p.n = in; p.k = n; p.trans_a = true;
+        p.beta = g.mode(dw_ref) == Accum::kAdd ? 1.f : 0.f;
+        ops::matmul(g.grad(dw_ref), dy, xs.t(), p, g.engine());
+      }
+    });
+  }
+  return y;
+}
+
+namespace {
+// The base weight as a dense (out, in) view: the dense weight itself, or NF4 dequantized into the workspace.
+TensorView base_weight(const FrozenLinear& b, DType dtype, Engine& eng) {
+  if (b.dense.defined()) return b.dense;
+  ENGINE_CHECK(b.nf4.packed.defined() && b.dequant_ws.defined() && b.dequant_ws.dtype == dtype &&
+                   b.dequant_ws.numel() >= b.out * b.in,
+               "lora_linear: NF4 base needs a ", engine::dtype_name(dtype), " workspace of ", b.out * b.in,
+               " elements, got ", b.dequant_ws.str());
+  TensorView w = b.dequant_ws;
+  w.shape = {b.out, b.in};
+  ops::nf4_dequantize(w, b.nf4, eng);
+  return w;
+}
+}  // namespace
+
+Var lora_linear(Tape& tape, const Var& x, const FrozenLinear& base, const LoraBranch* lora) {
+  Engine& eng = tape.engine();
+  const int64_t n = x.rows(), in = base.in, out_f = base.out;
+  ENGINE_CHECK(x.cols() == in, "lora_linear: x ", x.t().str(), " vs base (", out_f, ", ", in, ")");
+  const DType dt = x.dtype();
+  const bool rg = tape.recording() && (x.requires_grad() || lora != nullptr);
+  Var y = tape.output({n, out_f}, dt, "lora_linear", rg);
+  ops::MatmulParams p;
+  p.m = n; p.n = out_f; p.k = in; p.trans_b = true;
+  ops::matmul(y.t(), x.t(), base_weight(base, dt, eng), p, eng);
+  Tensor ac, bc, t;  // A and B in x's dtype; t = dropout(x) A^T (n, r)
+  if (lora != nullptr) {
+    const int64_t r = lora->A.shape[0];
+    ac = eng.empty(lora->A.shape, dt);
+    bc = eng.empty(lora->B.shape, dt);
+    ops::cast(ac, lora->A, eng);
+    ops::cast(bc, lora->B, eng);
+    Tensor xa_buf;
+    TensorView xa = x.t();
+    if (lora->dropout > 0.f) {
+      xa_buf = eng.empty(x.shape(), dt);
+      ops::dropout_forward(xa_buf, x.t(), {x.numel(), lora->dropout, lora->seed, lora->stream, lora->offset}, eng);
+      xa = xa_buf;
+    }
+    t = eng.empty({n, r}, dt);
+    ops::MatmulParams pa;
+    pa.m = n; pa.n = r; pa.k = in; pa.trans_b = true;
+    ops::matmul(t, xa, ac, pa, eng);
+    ops::MatmulParams pb;
+    pb.m = n; pb.n = out_f; pb.k = r; pb.trans_b = true; pb.alpha = lora->scaling; pb.beta = 1.f;
+    ops::matmul(y.t(), t, bc, pb, eng);
+  }
+  if (rg) {
+    const FrozenLinear b = base;
+    const bool has_lora = lora != nullptr;
+    const LoraBranch lb = has_lora ? *lora : LoraBranch{};
+    Var xs = has_lora ? x : Var();  // x is needed only to regenerate dropout(x) for dA
+    GradRef dx_ref = x, dy_ref = y;
+    tape.record("lora_linear", {y}, [b, has_lora, lb, xs, ac, bc, t, dx_ref, dy_ref, n, in, out_f, dt](BackwardCtx& g) {
+      Engine& e = g.engine();
+      const TensorView dy = g.grad(dy_ref);
+      const bool want_dx = g.needs(dx_ref);
+      if (want_dx) {  // dx (n, in) = dy (n, out) @ W (out, in): W dequantized again (SPEC.md §1.8)
+        ops::MatmulParams p;
+        p.m = n; p.n = in; p.k = out_f;
+        p.beta = g.mode(dx_ref) == Accum::kAdd ? 1.f : 0.f;
+        ops::matmul(g.grad(dx_ref), dy, base_weight(b, dt, e), p, e);
+      }
+      if (!has_lora) return;
+      const int64_t r = lb.A.shape[0];
+      {  // dB (out, r) += scaling * dy^T (out, n) @ t (n, r)
+        ops::MatmulParams p;
+        p.m = out_f; p.n = r; p.k = n; p.trans_a = true; p.alpha = lb.scaling; p.beta = 1.f;
+        ops::matmul(lb.dB, dy, t, p, e);
+      }
+      Tensor dt_buf = e.empty({n, r}, dt);  // d t = scaling * dy @ B (n, r)
+      {
+        ops::MatmulParams p;
+        p.m = n; p.n = r; p.k = out_f; p.alpha = lb.scaling;
+        ops::matmul(dt_buf, dy, bc, p, e);
+      }
+      Tensor xa_buf;
+      TensorView xa = xs.t();
+      const ops::DropoutParams dp{xs.numel(), lb.dropout, lb.seed, lb.stream, lb.offset};
+      if (lb.dropout > 0.f) {
+        xa_buf = e.empty(xs.shape(), dt);
+        ops::dropout_forward(xa_buf, xs.t(), dp, e);
+        xa = xa_buf;
+      }
+      {  // dA (r, in) += dt^T (r, n) @ dropout(x) (n, in)
+        ops::MatmulParams p;
+        p.m = r; p.n = in; p.k = n; p.trans_a = true; p.beta = 1.f;
+        ops::matmul(lb.dA, dt_buf, xa, p, e);
+      }
+      if (want_dx) {  // dx += dropout_backward(dt @ A)
+        Tensor dxa = e.empty(xs.shape(), dt);
+        ops::MatmulParams p;
+        p.m = n; p.n = in; p.k = r;
+        ops::matmul(dxa, dt_buf, ac, p, e);
+        if (lb.dropout > 0.f) ops::dropout_backward(g.grad(dx_ref), Accum::kAdd, dxa, dp, e);
+        else ops::accumulate(g.grad(dx_ref), dxa, 1.f, Accum::kAdd, e);
+      }
+    });
+  }
+  return y;
+}
+
+Var add(Tape& tape, const Var& a, const Var& b) {
+  const bool rg = tape.any_requires_grad({a, b});
+  Var y = tape.output(a.shape(), a.dtype(), "add", rg);
+  ops::add(y.t(), a.t(), b.t(), tape.engine());
+  if (rg) {
+    GradRef da = a, db = b, dy = y;
+    tape.record("add", {y}, [da, db, dy](BackwardCtx& g) {  // saves nothing
+      if (g.needs(da)) ops::accumulate(g.grad(da), g.grad(dy), 1.f, g.mode(da), g.engine());
+      if (g.needs(db)) ops::accumulate(g.grad(db), g.grad(dy), 1.f, g.mode(db), g.engine());
+    });
+  }
+  return y;
+}
+
+Var scale(Tape& tape, const Var& x, float alpha) {
+  const bool rg = tape.any_requires_grad({x});
+  Var y = tape.output(x.shape(), x.dtype(), "scale", rg);
+  ops::scale(y.t(), x.t(), alpha, tape.engine());
+  if (rg) {
+    GradRef dx = x, dy = y;
+    tape.record("scale", {y}, [dx, dy, alpha](BackwardCtx& g) {
+      ops::accumulate(g.grad(dx), g.grad(dy), alpha, g.mode(dx), g.engine());
+    });
+  }
+  return y;
+}
+
+Var rope(Tape& tape, const Var& x, const Var& positions, int64_t heads, int64_t head_dim, float theta) {
+  const ops::RopeParams p{x.rows(), heads, head_dim, theta};
+  const bool rg = tape.any_requires_grad({x});
+  Var y = tape.output(x.shape(), x.dtype(), "rope", rg);
+  ops::rope_forward(y.t(), x.t(), positions.t(), p, tape.engine());
+  if (rg) {
+    GradRef dx = x, dy = y;
+    tape.record("rope", {y}, [positions, dx, dy, p](BackwardCtx& g) {  // saved: positions
+      ops::rope_backward(g.grad(dx), g.mode(dx), g.grad(dy), positions.t(), p, g.engine());
+    });
+  }
+  return y;
+}
+
+Var attention(Tape& tape, const Var& q, const Var& k, const Var& v, const Var& key_mask,
+              const ops::AttentionParams& p) {
+  Engine& eng = tape.engine();
+  const bool rg = tape.any_requires_grad({q, k, v});
+  Var out = tape.output(q.shape(), q.dtype(), "attention", rg);
+  Tensor probs = eng.empty({p.batch, p.heads, p.seq, p.seq}, q.dtype());
+  const TensorView mask = key_mask.defined() ? key_mask.t() : TensorView{};
+  ops::attention_forward(out.t(), probs, q.t(), k.t(), v.t(), mask, p, eng);
+  if (rg) {
+    GradRef dq = q, dk = k, dv = v, dout = out;
+    tape.record("attention", {out}, [q, k, v, key_mask, probs, dq, dk, dv, dout, p](BackwardCtx& g) {
+      // The op SETs dq/dk/dv: compute into the gradient buffer on a first contribution, else into scratch.
+      Engine& e = g.engine();
+      auto target = [&](const GradRef& r, const Var& like, Tensor& scratch) -> TensorView {
+        if (!g.needs(r)) { scratch = e.empty(like.shape(), like.dtype()); return scratch; }
+        const TensorView gr = g.grad(r);
+        if (r.slot()->written || r.slot()->is_param) { scratch = e.empty(like.shape(), like.dtype()); return scratch; }
+        return gr;
+      };
+      Tensor sq, sk, sv;
+      const TensorView tq = target(dq, q, sq), tk = target(dk, k, sk), tv = target(dv, v, sv);
+      const TensorView mask = key_mask.defined() ? key_mask.t() : TensorView{};
+      ops::attention_backward(tq, tk, tv, g.grad(dout), q.t(), k.t(), v.t(), probs, mask, p, e);
+      const std::pair<const GradRef*, Tensor*> parts[] = {{&dq, &sq}, {&dk, &sk}, {&dv, &sv}};
+      for (const auto& [r, s] : parts) {
+        if (!g.needs(*r)) continue;
+        const Accum m = g.mode(*r);
+        if (s->defined()) ops::accumulate(g.grad(*r), *s, 1.f, m, e);  // m is kAdd here
+      }
+    });
+  }
+  return out;
+}
+
+Var geglu(Tape& tape, const Var& gate, const Var& up) {
+  const ops::GegluParams p{gate.rows(), gate.cols(), -1};
+  const bool rg = tape.any_requires_grad({gate, up});
+  Var y = tape.output(gate.shape(), gate.dtype(), "geglu", rg);
+  ops::geglu_forward(y.t(), gate.t(), up.t(), p, tape.engine());
+  if (rg) {
+    GradRef dgate = gate, dup = up, dy = y;
+    tape.record("geglu", {y}, [gate, up, dgate, dup, dy, p](BackwardCtx& g) {  // saved: gate, up
+      Engine& e = g.engine();
+      Tensor sg, su;  // the op writes both gradients; scratch for one that needs none
+      TensorView tg = g.grad(dgate), tu = g.grad(dup);
+      if (!tg.defined()) { sg = e.empty(gate.shape(), gate.dtype()); tg = sg; }
+      if (!tu.defined()) { su = e.empty(up.shape(), up.dtype()); tu = su; }
+      const Accum mg = g.needs(dgate) ? g.mode(dgate) : Accum::kSet;
+      const Accum mu = g.needs(dup) ? g.mode(dup) : Accum::kSet;
+      ops::geglu_backward(tg, mg, tu, mu, g.grad(dy), gate.t(), up.t(), p, e);
+    });
+  }
+  return y;
+}
+
+Var dropout(Tape& tape, const Var& x, float p, uint64_t seed, uint64_t stream, uint64_t offset) {
+  if (p <= 0.f) return x;
+  const ops::DropoutParams dp{x.numel(), p, seed, stream, offset};
+  const bool rg = tape.any_requires_grad({x});
+  Var y = tape.output(x.shape(), x.dtype(), "dropout", rg);
+  ops::dropout_forward(y.t(), x.t(), dp, tape.engine());
+  if (rg) {
+    GradRef dx = x, dy = y;
+    tape.record("dropout", {y}, [dx, dy, dp](BackwardCtx& g) {  // the mask is regenerated: saves nothing
+      ops::dropout_backward(g.grad(dx), g.mode(dx), g.grad(dy), dp, g.engine());
+    });
+  }
+  return y;
+}
+
+Var checkpoint(Tape& tape, const Var& x, std::function<Var(Tape&, const Var&)> fn) {
+  Engine& eng = tape.engine();
+  Var y_val;
+  {
+    Tape fwd(eng, /*recording=*/false);
+    y_val = fn(fwd, x);
+  }
+  if (!tape.recording()) return y_val;
+  Var y = tape.leaf(y_val.value(), "checkpoint");  // the recomputing node below produces its gradient
+  GradRef dx = x, dy = y;
+  tape.record("checkpoint", {y}, [x, dx, dy, fn](BackwardCtx& g) {  // saved: the layer input only
+    Engine& e = g.engine();
+    Tape inner(e);
+    Var xi = inner.leaf(x.value(), "checkpoint.x");
+    Var yi = fn(inner, xi);
+    inner.backward(yi, g.grad(dy));
+    if (g.needs(dx)) {
+      const TensorView gx = g.grad(xi);
+      ops::accumulate(g.grad(dx), gx, 1.f, g.mode(dx), e);
+    }
+  });
+  return y;
+}
+
+}  // namespace autograd

@@ -1,0 +1,64 @@
+// autograd/functions.h: one differentiable function per op. Each runs the op's forward now and records
+// its backward on the tape (only when an input needs a gradient). Shapes follow the ops' contracts;
+// tokens are rows: activations are (N, C) with N = B*T.
+#pragma once
+#include <functional>
+
+#include "autograd/tape.h"
+#include "ops/attention.h"
+#include "ops/dropout.h"
+#include "ops/embedding.h"
+#include "ops/geglu.h"
+#include "ops/nf4.h"
+#include "ops/rmsnorm.h"
+#include "ops/rope.h"
+
+namespace autograd {
+
+// h = table[ids] * scale (ids: (N) i32 constant; table (V, D): constant, or a param when trainable).
+Var embedding(Tape& tape, const Var& ids, const Var& table, float scale, DType out_dtype);
+// Gemma RMSNorm; w (C) f32 (constant, or a param with an f32 grad).
+Var rmsnorm(Tape& tape, const Var& x, const Var& w, float eps);
+// y = x @ W^T (nn.Linear without bias). x (N, in); W (out, in) in x's dtype. dW (f32) when W is a param.
+Var linear(Tape& tape, const Var& x, const Var& w);
+// The frozen base of a linear layer: a dense (out, in) weight in x's dtype, or NF4 storage that forward and
+// backward dequantize into `dequant_ws` (>= out*in elements of x's dtype, shared by all layers: one weight is
+// resident in 16-bit form at a time, SPEC.md §1.8).
+struct FrozenLinear {
+  TensorView dense;        // defined: dense base; else `nf4`
+  ops::Nf4Weight nf4;      // views (no ownership): safe to capture by value
+  TensorView dequant_ws;
+  int64_t out = 0, in = 0;
+};
+// A LoRA branch: master A (r, in), B (out, r) and their gradients (+=), f32 (f64 for CPU checks).
+struct LoraBranch {
+  TensorView A, B, dA, dB;
+  float scaling = 1.f;
+  float dropout = 0.f;
+  uint64_t seed = 0, stream = 0, offset = 0;  // Philox key of the dropout mask
+};
+// y = x W^T + scaling * (dropout(x) A^T) B^T (SPEC.md §4.1). A and B are cast to x's dtype for the GEMMs;
+// the LoRA GEMM accumulates into y (beta = 1), so y is rounded once where peft rounds B's output, the
+// scaling and the sum separately (a documented, bounded difference). No gradient for the base weight; dA,
+// dB accumulate; dropout masks are regenerated in backward.
+Var lora_linear(Tape& tape, const Var& x, const FrozenLinear& base, const LoraBranch* lora);
+// out = a + b (residual add, one rounding).
+Var add(Tape& tape, const Var& a, const Var& b);
+// out = alpha * x
+Var scale(Tape& tape, const Var& x, float alpha);
+// RoPE on x viewed as (N, heads, head_dim); positions (N) i32 constant.
+Var rope(Tape& tape, const Var& x, const Var& positions, int64_t heads, int64_t head_dim, float theta);
+// Eager attention; q (N, H*hd), k/v (N, KV*hd); key_mask (B, T) i32 constant or undefined.
+Var attention(Tape& tape, const Var& q, const Var& k, const Var& v, const Var& key_mask,
+              const ops::AttentionParams& p);
+// gelu_tanh(gate) * up.
+Var geglu(Tape& tape, const Var& gate, const Var& up);
+// Dropout with a Philox mask regenerated in backward (p = 0: returns x itself).
+Var dropout(Tape& tape, const Var& x, float p, uint64_t seed, uint64_t stream, uint64_t offset);
+
+// Gradient checkpointing: runs fn(tape, x) without saving activations; in backward, runs it again on a
+// nested tape and backpropagates through it. fn must be deterministic (dropout keys are fixed), so the
+// gradients equal the uncheckpointed ones.
+Var checkpoint(Tape& tape, const Var& x, std::function<Var(Tape&, const Var&)> fn);
+
+}  // namespace autograd

@@ -1,0 +1,281 @@
+#include "models/gemma2.h"
+
+#include <cmath>
+#include <set>
+
+#include "engine/safetensors.h"
+#include "ops/elementwise.h"
+#include "ops/lm_head_ce.h"
+#include "ops/matmul.h"
+#include "ops/softcap.h"
+
+namespace models {
+namespace {
+
+// Copies a checkpoint tensor (host, any float dtype) into a new engine tensor of `dtype`, casting on the
+// device when there is one, one tensor at a time so host memory stays bounded by the mapping.
+Tensor load_tensor(Engine& eng, const engine::SafetensorsCheckpoint& ck, const std::string& name,
+                   engine::Shape want, DType dtype) {
+  ENGINE_CHECK(ck.contains(name), "checkpoint: missing tensor ", name, " (expected shape ", want.str(), ")");
+  const TensorView src = ck.view(name);
+  ENGINE_CHECK(src.shape == want, "checkpoint: tensor ", name, " has shape ", src.shape.str(), ", expected ",
+               want.str());
+  ENGINE_CHECK(src.dtype == DType::kF32 || src.dtype == DType::kF16 || src.dtype == DType::kBF16,
+               "checkpoint: tensor ", name, " has dtype ", engine::dtype_name(src.dtype),
+               ", expected bf16, f16 or f32");
+  Tensor dst = eng.empty(want, dtype);
+  if (!eng.is_cuda()) {
+    ops::cpu::cast(dst, src);
+    return dst;
+  }
+  Tensor staged = eng.empty(want, src.dtype);
+  eng.copy(staged, src);
+  ops::cast(dst, staged, eng);
+  eng.synchronize();  // the mapping's pages must stay valid until the copy is done
+  return dst;
+}
+
+}  // namespace
+
+Batch make_batch(Engine& eng, int64_t B, int64_t T, const std::vector<int32_t>& ids,
+                 const std::vector<int32_t>& attention_mask, const std::vector<int32_t>& labels) {
+  const int64_t N = B * T;
+  ENGINE_CHECK(int64_t(ids.size()) == N && int64_t(labels.size()) == N &&
+                   (attention_mask.empty() || int64_t(attention_mask.size()) == N),
+               "make_batch: ids/labels/attention_mask must hold B*T = ", N, " entries");
+  Batch b;
+  b.batch = B;
+  b.seq = T;
+  auto upload = [&](const std::vector<int32_t>& v, engine::Shape s) {
+    Tensor h = eng.empty_host(s, DType::kI32), d = eng.empty(s, DType::kI32);
+    std::copy(v.begin(), v.end(), h.ptr<int32_t>());
+    eng.copy(d, h);
+    eng.synchronize();  // h is freed on return
+    return d;
+  };
+  std::vector<int32_t> pos(static_cast<size_t>(N)), shifted(static_cast<size_t>(N));
+  for (int64_t r = 0; r < B; ++r)
+    for (int64_t t = 0; t < T; ++t) {
+      pos[size_t(r * T + t)] = int32_t(t);
+      shifted[size_t(r * T + t)] = t + 1 < T ? labels[size_t(r * T + t + 1)] : ops::kIgnoreIndex;
+    }
+  b.ids = upload(ids, {N});
+  b.positions = upload(pos, {N});
+  b.labels = upload(shifted, {N});
+  if (!attention_mask.empty()) b.key_mask = upload(attention_mask, {B, T});
+  return b;
+}
+
+Gemma2Model Gemma2Model::load(const std::string& dir, Engine& eng, const Gemma2Options& opts) {
+  Gemma2Config cfg = Gemma2Config::from_json_file(dir + "/config.json");
+  engine::SafetensorsCheckpoint ck(dir);
+  Gemma2Model m(cfg, eng, opts);
+  const int64_t D = cfg.hidden_size, F = cfg.intermediate_size, H = cfg.num_attention_heads,
+                KV = cfg.num_key_value_heads, HD = cfg.head_dim, V = cfg.vocab_size;
+  std::set<std::string> expected;
+  // Norm weights and gradients are f32 (SPEC.md §0.2: norms cast to fp32), or f64 for f64 checks.
+  const DType wide = opts.compute_dtype == DType::kF64 ? DType::kF64 : DType::kF32;
+  auto load = [&](Param& p, const std::string& name, engine::Shape shape, bool norm) {
+    p.name = name;
+    p.value = load_tensor(eng, ck, name, shape, norm ? wide : opts.compute_dtype);
+    if (opts.train_base) {
+      p.grad = eng.empty(shape, wide);
+      eng.zero(p.grad);
+    }
+    expected.insert(name);
+  };
+  ENGINE_CHECK(!(opts.train_base && opts.quantize_nf4), "full fine-tuning of an NF4-quantized model is not supported");
+  int64_t max_linear = 0;
+  auto load_linear = [&](Linear& l, const std::string& name, const char* target, int64_t out, int64_t in) {
+    l.target = target;
+    l.out = out;
+    l.in = in;
+    max_linear = std::max(max_linear, out * in);
+    if (!opts.quantize_nf4) {
+      load(l.dense, name, {out, in}, false);
+      return;
+    }
+    // Quantize from the weight as materialised in the compute dtype (SPEC.md §3.2), then drop it.
+    Tensor w = load_tensor(eng, ck, name, {out, in}, opts.compute_dtype);
+    l.nf4 = ops::nf4_empty(out, in, eng);
+    ops::nf4_quantize(l.nf4.view(), w, ops::Nf4QuantParams{}, eng);
+    expected.insert(name);
+  };
+  load(m.embed_, "model.embed_tokens.weight", {V, D}, false);
+  m.layers_.resize(size_t(cfg.num_hidden_layers));
+  for (int64_t i = 0; i < cfg.num_hidden_layers; ++i) {
+    Layer& L = m.layers_[size_t(i)];
+    const std::string pre = "model.layers." + std::to_string(i) + ".";
+    load(L.input_norm, pre + "input_layernorm.weight", {D}, true);
+    load(L.post_attn_norm, pre + "post_attention_layernorm.weight", {D}, true);
+    load(L.pre_ff_norm, pre + "pre_feedforward_layernorm.weight", {D}, true);
+    load(L.post_ff_norm, pre + "post_feedforward_layernorm.weight", {D}, true);
+    load_linear(L.q, pre + "self_attn.q_proj.weight", "q_proj", H * HD, D);
+    load_linear(L.k, pre + "self_attn.k_proj.weight", "k_proj", KV * HD, D);
+    load_linear(L.v, pre + "self_attn.v_proj.weight", "v_proj", KV * HD, D);
+    load_linear(L.o, pre + "self_attn.o_proj.weight", "o_proj", D, H * HD);
+    load_linear(L.gate, pre + "mlp.gate_proj.weight", "gate_proj", F, D);
+    load_linear(L.up, pre + "mlp.up_proj.weight", "up_proj", F, D);
+    load_linear(L.down, pre + "mlp.down_proj.weight", "down_proj", D, F);
+  }
+  load(m.final_norm_, "model.norm.weight", {D}, true);
+  if (opts.quantize_nf4) m.dequant_ws_ = eng.empty({max_linear}, opts.compute_dtype);
+  std::vector<std::string> unexpected;
+  for (const auto& n : ck.names())
+    if (!expected.count(n) && n != "lm_head.weight") unexpected.push_back(n);  // a tied copy is harmless
+  if (!unexpected.empty()) {
+    std::string msg = dir + ": unexpected tensors in the checkpoint:";
+    for (size_t i = 0; i < unexpected.size() && i < 10; ++i) msg += " " + unexpected[i];
+    if (unexpected.size() > 10) msg += " ... (" + std::to_string(unexpected.size()) + " in all)";
+    throw engine::Error(msg);
+  }
+  return m;
+}
+
+Var Gemma2Model::var(Tape& tape, Param& p) {
+  if (p.grad.defined()) return tape.param(p.value, p.grad, p.name);
+  return tape.constant(p.value, p.name);
+}
+
+void Gemma2Model::attach_lora(const LoraAdapters* lora, uint64_t dropout_seed) {
+  lora_ = lora;
+  dropout_seed_ = dropout_seed;
+}
+
+Var Gemma2Model::linear(Tape& tape, const Var& x, Linear& w, int64_t layer) {
+  if (w.dense.grad.defined()) return autograd::linear(tape, x, var(tape, w.dense));  // full fine-tuning
+  autograd::FrozenLinear base;
+  base.out = w.out;
+  base.in = w.in;
+  if (w.dense.value.defined()) {
+    base.dense = w.dense.value;
+  } else {
+    base.nf4 = w.nf4.view();
+    base.dequant_ws = dequant_ws_;
+  }
+  const LoraModule* m = lora_ ? lora_->find(layer, w.target) : nullptr;
+  if (m == nullptr) return autograd::lora_linear(tape, x, base, nullptr);
+  autograd::LoraBranch br;
+  br.A = m->A; br.B = m->B; br.dA = m->dA; br.dB = m->dB;
+  br.scaling = m->scaling;
+  br.dropout = tape.recording() ? m->dropout : 0.f;  // nn.Dropout is the identity in eval mode
+  br.seed = dropout_seed_;
+  br.stream = m->stream;
+  br.offset = micro_step_ << 32;  // N*in < 2^32 elements per call: masks never overlap
+  return autograd::lora_linear(tape, x, base, &br);
+}
+
+Var Gemma2Model::layer_forward(Tape& tape, const Var& h, int64_t i, const Batch& b) {
+  Layer& L = layers_[size_t(i)];
+  const Gemma2Config& c = cfg_;
+  const float eps = float(c.rms_norm_eps);
+  Var pos = tape.constant(b.positions, "positions");
+  Var mask = b.key_mask.defined() ? tape.constant(b.key_mask, "key_mask") : Var();
+
+  Var x = autograd::rmsnorm(tape, h, var(tape, L.input_norm), eps);
+  Var q = linear(tape, x, L.q, i);
+  Var k = linear(tape, x, L.k, i);
+  Var v = linear(tape, x, L.v, i);
+  q = autograd::rope(tape, q, pos, c.num_attention_heads, c.head_dim, float(c.rope_theta));
+  k = autograd::rope(tape, k, pos, c.num_key_value_heads, c.head_dim, float(c.rope_theta));
+  ops::AttentionParams ap;
+  ap.batch = b.batch; ap.seq = b.seq; ap.heads = c.num_attention_heads; ap.kv_heads = c.num_key_value_heads;
+  ap.head_dim = c.head_dim; ap.scale = c.attn_scale(); ap.softcap = float(c.attn_logit_softcapping);
+  ap.window = c.sliding[size_t(i)] ? c.sliding_window : 0;
+  Var a = autograd::attention(tape, q, k, v, mask, ap);
+  Var o = linear(tape, a, L.o, i);
+  Var h1 = autograd::add(tape, h, autograd::rmsnorm(tape, o, var(tape, L.post_attn_norm), eps));
+
+  Var x2 = autograd::rmsnorm(tape, h1, var(tape, L.pre_ff_norm), eps);
+  Var g = linear(tape, x2, L.gate, i);
+  Var u = linear(tape, x2, L.up, i);
+  Var d = linear(tape, autograd::geglu(tape, g, u), L.down, i);
+  return autograd::add(tape, h1, autograd::rmsnorm(tape, d, var(tape, L.post_ff_norm), eps));
+}
+
+Var Gemma2Model::forward(Tape& tape, const Batch& b) {
+  Var ids = tape.constant(b.ids, "ids");
+  Var h = autograd::embedding(tape, ids, var(tape, embed_), std::sqrt(float(cfg_.hidden_size)),
+                              opts_.compute_dtype);
+  for (int64_t i = 0; i < cfg_.num_hidden_layers; ++i) {
+    if (opts_.gradient_checkpointing && tape.recording()) {
+      h = autograd::checkpoint(tape, h, [this, i, &b](Tape& t, const Var& x) { return layer_forward(t, x, i, b); });
+    } else {
+      h = layer_forward(tape, h, i, b);
+    }
+  }
+  return autograd::rmsnorm(tape, h, var(tape, final_norm_), float(cfg_.rms_norm_eps));
+}
+
+ops::LmHeadCeParams Gemma2Model::head_params(const Var& hidden, float grad_scale) const {
+  ops::LmHeadCeParams p;
+  p.rows = hidden.rows();
+  p.dim = hidden.cols();
+  p.vocab = cfg_.vocab_size;
+  p.softcap = float(cfg_.final_logit_softcapping);
+  p.grad_scale = grad_scale;
+  return p;
+}
+
+void Gemma2Model::forward_backward(const Batch& b, float grad_scale, TensorView loss_sum, TensorView n_valid) {
+  Tape tape(*eng_);
+  Var hidden = forward(tape, b);
+  Tensor dhidden = eng_->empty(hidden.shape(), hidden.dtype());
+  // The tied head's gradient (full fine-tuning only) comes from the fused op; the gather side comes
+  // from the embedding node during backward.
+  ops::lm_head_ce(loss_sum, n_valid, dhidden, ops::Accum::kSet, embed_.grad, hidden.t(), embed_.value, b.labels,
+                  head_params(hidden, grad_scale), *eng_);
+  if (tape.num_nodes() > 0) tape.backward(hidden, dhidden);
+}
+
+double Gemma2Model::loss_sum(const Batch& b) {
+  Tape tape(*eng_, /*recording=*/false);
+  Var hidden = forward(tape, b);
+  const DType wide = hidden.dtype() == DType::kF64 ? DType::kF64 : DType::kF32;
+  Tensor loss = eng_->empty({1}, wide), host = eng_->empty_host({1}, wide);
+  eng_->zero(loss);
+  ops::lm_head_ce(loss, TensorView{}, TensorView{}, ops::Accum::kSet, TensorView{}, hidden.t(), embed_.value,
+                  b.labels, head_params(hidden, 1.f), *eng_);
+  eng_->copy(host, loss);
+  eng_->synchronize();
+  return engine::load_f64(host.data(), wide, 0);
+}
+
+Tensor Gemma2Model::logits(const Batch& b) {
+  Tape tape(*eng_, /*recording=*/false);
+  Var hidden = forward(tape, b);
+  const int64_t N = hidden.rows(), V = cfg_.vocab_size;
+  Tensor out = eng_->empty({N, V}, hidden.dtype());
+  ops::MatmulParams p;
+  p.m = N; p.n = V; p.k = hidden.cols(); p.trans_b = true;
+  ops::matmul(out, hidden.t(), embed_.value, p, *eng_);
+  if (cfg_.final_logit_softcapping > 0) ops::softcap(out, out, float(cfg_.final_logit_softcapping), *eng_);
+  return out;
+}
+
+std::vector<Param*> Gemma2Model::parameters() {
+  std::vector<Param*> ps{&embed_};
+  for (Layer& L : layers_) {
+    for (Param* p : {&L.input_norm, &L.post_attn_norm, &L.pre_ff_norm, &L.post_ff_norm}) ps.push_back(p);
+    for (Linear* l : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down})
+      if (l->dense.value.defined()) ps.push_back(&l->dense);
+  }
+  ps.push_back(&final_norm_);
+  return ps;
+}
+
+int64_t Gemma2Model::num_base_params() const {
+  int64_t n = embed_.value.numel() + final_norm_.value.numel();
+  for (const Layer& L : layers_) {
+    for (const Param* p : {&L.input_norm, &L.post_attn_norm, &L.pre_ff_norm, &L.post_ff_norm}) n += p->value.numel();
+    for (const Linear* l : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) n += l->out * l->in;
+  }
+  return n;
+}
+
+void Gemma2Model::zero_grads() {
+  for (Param* p : parameters())
+    if (p->grad.defined()) eng_->zero(p->grad);
+}
+
+}  // namespace models

@@ -1,0 +1,110 @@
+// models/gemma2.h: the Gemma-2 decoder exactly as transformers computes it (SPEC.md §1), on the tape.
+//   h = embed(ids) * sqrt(D)
+//   per layer: h += post_attn_norm(o_proj(attn(rope(q), rope(k), v)(input_norm(h))))
+//              h += post_ff_norm(down(gelu_tanh(gate(x)) * up(x))),  x = pre_ff_norm(h)
+//   hidden = final_norm(h); logits = softcap(hidden @ E^T, 30); loss = shifted CE, ignore -100.
+// Shapes: N = B*T tokens; activations are (N, C) row-major in the compute dtype; norm weights f32.
+#pragma once
+#include <string>
+#include <vector>
+
+#include "autograd/functions.h"
+#include "models/gemma2_config.h"
+#include "models/lora.h"
+#include "ops/lm_head_ce.h"
+#include "ops/nf4.h"
+
+namespace models {
+
+using autograd::Tape;
+using autograd::Var;
+using engine::DType;
+using engine::Engine;
+using engine::Tensor;
+using engine::TensorView;
+
+// One micro-batch, already on the engine's device. Labels are shifted: labels[i] is the target of
+// position i (the next token), -100 where there is none.
+struct Batch {
+  int64_t batch = 0, seq = 0;  // B, T
+  Tensor ids;                  // (N) i32
+  Tensor positions;            // (N) i32
+  Tensor key_mask;             // (B, T) i32, 1 = real token; undefined = no padding
+  Tensor labels;               // (N) i32
+};
+
+// Builds a batch on the engine's device from host data laid out (B, T): positions 0..T-1 per row (HF does
+// not shift them for padding), labels shifted left by one with -100 at the end of each row (SPEC.md §1.7).
+// attention_mask empty = no padding; labels use -100 for ignored tokens.
+Batch make_batch(Engine& eng, int64_t B, int64_t T, const std::vector<int32_t>& ids,
+                 const std::vector<int32_t>& attention_mask, const std::vector<int32_t>& labels);
+
+struct Gemma2Options {
+  DType compute_dtype = DType::kF32;  // activations and dense weights: f32, bf16 or f16
+  bool train_base = false;            // full fine-tuning: every parameter trainable (f32 grads)
+  bool quantize_nf4 = false;          // QLoRA: linear weights stored as NF4 + double quant (SPEC.md §3)
+  bool gradient_checkpointing = false;
+};
+
+struct Param {
+  std::string name;  // the HF tensor name
+  Tensor value;
+  Tensor grad;       // f32 (f64 when computing in f64), defined when trainable
+};
+
+class Gemma2Model {
+ public:
+  // Loads config.json and the safetensors weights of an HF checkpoint folder.
+  static Gemma2Model load(const std::string& dir, Engine& eng, const Gemma2Options& opts);
+
+  const Gemma2Config& config() const { return cfg_; }
+  const Gemma2Options& options() const { return opts_; }
+
+  // The final-normed hidden states (N, D).
+  Var forward(Tape& tape, const Batch& b);
+  // Forward, fused LM head + softcap + CE, and backward. loss_sum (f32 scalar) += sum of token CE;
+  // n_valid (i32 scalar) += label count. Gradients are scaled by grad_scale (the trainer's
+  // loss_scale / N_total) and accumulate into the trainable parameters' grads.
+  void forward_backward(const Batch& b, float grad_scale, TensorView loss_sum, TensorView n_valid);
+  // Sum of token CE over the batch (no gradients); synchronizes. For evaluation and tests.
+  double loss_sum(const Batch& b);
+  // softcapped logits (N, V) in the compute dtype, as HF's model(...).logits (inference; no tape).
+  Tensor logits(const Batch& b);
+
+  // Adapters to apply (nullptr: none); `seed` keys their dropout masks. The model does not own them.
+  void attach_lora(const LoraAdapters* lora, uint64_t dropout_seed);
+  // Selects fresh dropout masks: call once per micro-batch with a new index (a recomputed layer reuses it).
+  void set_micro_step(uint64_t step) { micro_step_ = step; }
+
+  std::vector<Param*> parameters();  // dense parameters (NF4 weights are not Params)
+  int64_t num_base_params() const;   // every base weight, quantized ones counted unpacked
+  void zero_grads();
+
+ private:
+  struct Linear {
+    std::string target;     // "q_proj", ...
+    int64_t out = 0, in = 0;
+    Param dense;            // (out, in) in the compute dtype; empty when quantized
+    ops::Nf4Storage nf4;    // when quantized
+  };
+  struct Layer {
+    Param input_norm, post_attn_norm, pre_ff_norm, post_ff_norm;
+    Linear q, k, v, o, gate, up, down;
+  };
+  Var linear(Tape& tape, const Var& x, Linear& w, int64_t layer);
+  Gemma2Model(Gemma2Config cfg, Engine& eng, Gemma2Options opts) : cfg_(std::move(cfg)), eng_(&eng), opts_(opts) {}
+  Var layer_forward(Tape& tape, const Var& h, int64_t i, const Batch& b);
+  Var var(Tape& tape, Param& p);
+  ops::LmHeadCeParams head_params(const Var& hidden, float grad_scale) const;
+
+  Gemma2Config cfg_;
+  Engine* eng_;
+  Gemma2Options opts_;
+  Param embed_, final_norm_;
+  std::vector<Layer> layers_;
+  Tensor dequant_ws_;                  // one dequantized weight at a time (QLoRA)
+  const LoraAdapters* lora_ = nullptr;
+  uint64_t dropout_seed_ = 0, micro_step_ = 0;
+};
+
+}  // namespace models

@@ -1,0 +1,419 @@
+#include "models/trainer.h"
+
+#include <dirent.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <climits>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <ctime>
+#include <fstream>
+#include <memory>
+#include <nlohmann/json.hpp>
+
+#include "engine/chat_data.h"
+#include "engine/managed_buffer.h"
+#include "engine/safetensors.h"
+#include "engine/sampler.h"
+#include "engine/schedule.h"
+#include "engine/tensorboard.h"
+#include "engine/tokenizer.h"
+#include "models/gemma2.h"
+#include "models/lora.h"
+#include "ops/adamw.h"
+#include "ops/global_norm.h"
+
+namespace models {
+
+using engine::DType;
+using engine::Tensor;
+
+namespace {
+
+void mkdir_p(const std::string& path) {
+  std::string cur;
+  for (size_t i = 0; i <= path.size(); ++i) {
+    if (i == path.size() || path[i] == '/') {
+      if (!cur.empty() && ::mkdir(cur.c_str(), 0755) != 0 && errno != EEXIST)
+        throw engine::Error("cannot create folder " + cur + ": " + std::strerror(errno));
+    }
+    if (i < path.size()) cur += path[i];
+  }
+}
+
+void remove_tree(const std::string& path) {
+  DIR* d = ::opendir(path.c_str());
+  if (d == nullptr) {
+    ::unlink(path.c_str());
+    return;
+  }
+  while (dirent* e = ::readdir(d)) {
+    const std::string n = e->d_name;
+    if (n == "." || n == "..") continue;
+    remove_tree(path + "/" + n);
+  }
+  ::closedir(d);
+  ::rmdir(path.c_str());
+}
+
+std::vector<std::pair<int64_t, std::string>> list_checkpoints(const std::string& output_dir) {
+  std::vector<std::pair<int64_t, std::string>> out;
+  DIR* d = ::opendir(output_dir.c_str());
+  if (d == nullptr) return out;
+  while (dirent* e = ::readdir(d)) {
+    const std::string n = e->d_name;
+    if (n.rfind("checkpoint-", 0) != 0) continue;
+    char* end = nullptr;
+    const long long step = std::strtoll(n.c_str() + 11, &end, 10);
+    if (end && *end == '\0' && step >= 0) out.emplace_back(step, output_dir + "/" + n);
+  }
+  ::closedir(d);
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+std::string fmt_duration(double s) {
+  const long long t = (long long)std::llround(std::max(0.0, s));
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%02lld:%02lld:%02lld", t / 3600, (t / 60) % 60, t % 60);
+  return buf;
+}
+
+// Everything a checkpoint needs to continue exactly where the run stopped.
+struct LoopState {
+  int64_t global_step = 0;  // optimizer steps taken, skipped ones included (HF's global_step)
+  int64_t opt_steps = 0;    // non-skipped steps: the schedule's and AdamW's counter
+  int64_t epoch = 0;        // epoch of the next window
+  int64_t window = 0;       // index of the next optimizer-step window within that epoch
+  int64_t micro_step = 0;   // micro-batches run so far: keys the dropout masks
+  engine::LossScaler scaler;
+};
+
+nlohmann::json state_to_json(const LoopState& s) {
+  return {{"global_step", s.global_step}, {"opt_steps", s.opt_steps},     {"epoch", s.epoch},
+          {"window", s.window},           {"micro_step", s.micro_step},   {"loss_scale", s.scaler.scale},
+          {"growth_tracker", s.scaler.growth_tracker}, {"skipped_steps", s.scaler.skipped_steps}};
+}
+
+LoopState state_from_json(const nlohmann::json& j, const std::string& path) {
+  LoopState s;
+  try {
+    s.global_step = j.at("global_step");
+    s.opt_steps = j.at("opt_steps");
+    s.epoch = j.at("epoch");
+    s.window = j.at("window");
+    s.micro_step = j.at("micro_step");
+    s.scaler.scale = j.at("loss_scale");
+    s.scaler.growth_tracker = j.at("growth_tracker");
+    s.scaler.skipped_steps = j.at("skipped_steps");
+  } catch (const std::exception& e) {
+    throw engine::Error(path + ": missing or invalid field: " + e.what());
+  }
+  return s;
+}
+
+}  // namespace
+
+std::string latest_checkpoint(const std::string& output_dir) {
+  const auto cks = list_checkpoints(output_dir);
+  return cks.empty() ? std::string() : cks.back().second;
+}
+
+Trainer::Trainer(const engine::TrainConfig& cfg, engine::Engine& eng, int rank, int world_size)
+    : cfg_(cfg), eng_(eng), rank_(rank), world_(world_size) {}
+
+TrainResult Trainer::run() {
+  const engine::TrainConfig& c = cfg_;
+  const engine::TrainingConfig& tc = c.training;
+  const bool lead = rank_ == 0;
+  auto say = [&](const std::string& s) {
+    if (lead) std::printf("%s\n", s.c_str()), std::fflush(stdout);
+  };
+  say(eng_.describe());
+  if (lead) {
+    mkdir_p(tc.output_dir);
+    c.save_yaml(tc.output_dir + "/train_config.yaml");
+  }
+
+  // ---- data -----------------------------------------------------------------------------------------
+  const engine::Tokenizer tok = engine::Tokenizer::from_file(c.model.path + "/tokenizer.model");
+  engine::ChatDataOptions dopt;
+  dopt.path = c.data.path;
+  dopt.max_seq_length = c.data.max_seq_length;
+  dopt.chat_template = c.data.prompt_format;
+  dopt.loss_on = engine::loss_on_from_name(c.data.loss_on);
+  dopt.skip_bad_lines = c.data.skip_bad_lines;
+  const engine::ChatDataset data = engine::ChatDataset::load(dopt, tok);
+  say(data.summary());
+
+  // ---- model and adapters --------------------------------------------------------------------------
+  Gemma2Options mo;
+  mo.compute_dtype = c.compute_dtype();
+  mo.quantize_nf4 = c.quantization.load_in_4bit;
+  mo.gradient_checkpointing = tc.gradient_checkpointing;
+  const auto t_load = std::chrono::steady_clock::now();
+  Gemma2Model model = Gemma2Model::load(c.model.path, eng_, mo);
+  ENGINE_CHECK(tok.vocab_size() <= model.config().vocab_size, c.model.path, "/tokenizer.model has ",
+               tok.vocab_size(), " pieces but the model's vocab_size is ", model.config().vocab_size);
+  say(engine::str_cat("model: ", c.model.path, " (", model.config().num_hidden_layers, " layers, D=",
+                      model.config().hidden_size, ", V=", model.config().vocab_size, "), ",
+                      mo.quantize_nf4 ? "NF4 + double quant" : "dense", ", compute ",
+                      engine::dtype_name(mo.compute_dtype), ", loaded in ",
+                      std::chrono::duration<double>(std::chrono::steady_clock::now() - t_load).count(), " s"));
+  LoraSpec ls;
+  ls.r = c.lora.r;
+  ls.alpha = c.lora.lora_alpha;
+  ls.dropout = c.lora.lora_dropout;
+  ls.use_rslora = c.lora.use_rslora;
+  ls.targets = c.lora_targets();
+  ls.init_seed = uint64_t(c.lora_init_seed());
+  LoraAdapters lora(model.config(), ls, eng_);
+  model.attach_lora(&lora, uint64_t(tc.seed));
+  say(lora.trainable_summary(model.num_base_params()));
+
+  // ---- optimizer state: m and v, flat f32 (paged: one managed allocation, SPEC.md §5.6) -------------
+  const int64_t P = lora.num_params();
+  const bool paged = tc.optim == "paged_adamw_32bit" && eng_.is_cuda();
+  std::unique_ptr<engine::ManagedBuffer> paged_state;
+  Tensor m, v;
+  if (paged) {
+    int dev = 0;
+    CUDA_CHECK(cudaGetDevice(&dev));
+    paged_state = std::make_unique<engine::ManagedBuffer>(size_t(2 * P) * sizeof(float), dev);
+    engine::TensorView mv{paged_state->data(), DType::kF32, {P}, engine::Device::kCUDA};
+    m = Tensor(mv, nullptr);
+    mv.data = static_cast<float*>(paged_state->data()) + P;
+    v = Tensor(mv, nullptr);
+  } else {
+    m = eng_.empty({P}, DType::kF32);
+    v = eng_.empty({P}, DType::kF32);
+  }
+  eng_.zero(m);
+  eng_.zero(v);
+
+  // ---- schedule ---------------------------------------------------------------------------------------
+  const engine::Sampler sampler(data.lengths(), tc.per_device_train_batch_size, tc.gradient_accumulation_steps,
+                                world_, rank_, tc.group_by_length, uint64_t(tc.seed));
+  const int64_t per_epoch = sampler.num_update_steps_per_epoch();
+  const int64_t total = tc.max_steps > 0 ? tc.max_steps : int64_t(std::ceil(tc.num_train_epochs * double(per_epoch)));
+  const int64_t warmup = c.num_warmup_steps(total);
+  const engine::LrSchedule sched = engine::parse_lr_schedule(tc.lr_scheduler_type);
+  LoopState st;
+  st.scaler.enabled = mo.compute_dtype == DType::kF16;
+  say(engine::str_cat("training: ", total, " optimizer steps (", per_epoch, " per epoch), batch ",
+                      tc.per_device_train_batch_size, " x grad accum ", tc.gradient_accumulation_steps, " x ",
+                      world_, " rank(s), warmup ", warmup, ", ", tc.lr_scheduler_type, " lr ", tc.learning_rate,
+                      ", ", paged ? "paged AdamW (managed memory)" : "AdamW", st.scaler.enabled ? ", fp16 loss scaling" : ""));
+
+  // ---- resume -----------------------------------------------------------------------------------------
+  if (!tc.resume_from_checkpoint.empty()) {
+    const std::string ck = tc.resume_from_checkpoint == "latest" ? latest_checkpoint(tc.output_dir)
+                                                                 : tc.resume_from_checkpoint;
+    ENGINE_CHECK(!ck.empty(), "resume_from_checkpoint: latest: no checkpoint-<step> folder in ", tc.output_dir);
+    lora.load_peft(ck);
+    engine::SafetensorsFile opt(ck + "/optimizer.safetensors");
+    for (auto [name, dst] : {std::pair<const char*, Tensor*>{"exp_avg", &m}, {"exp_avg_sq", &v}}) {
+      const engine::TensorView src = opt.view(name);
+      ENGINE_CHECK(src.dtype == DType::kF32 && src.numel() == P, opt.path(), ": tensor ", name, " is ", src.str(),
+                   ", expected f32 (", P, ")");
+      eng_.copy(*dst, src);
+    }
+    eng_.synchronize();
+    std::ifstream in(ck + "/trainer_state.json");
+    ENGINE_CHECK(in.good(), ck, "/trainer_state.json: cannot open");
+    nlohmann::json j;
+    try {
+      in >> j;
+    } catch (const std::exception& e) {
+      throw engine::Error(ck + "/trainer_state.json: not valid JSON: " + e.what());
+    }
+    st = state_from_json(j, ck + "/trainer_state.json");
+    st.scaler.enabled = mo.compute_dtype == DType::kF16;
+    say(engine::str_cat("resumed from ", ck, " at step ", st.global_step));
+  }
+
+  // ---- device scalars (no host round trip inside a step but the one read at its end) -----------------
+  Tensor loss_sum = eng_.empty({1}, DType::kF32), n_valid = eng_.empty({1}, DType::kI32);
+  Tensor sumsq = eng_.empty({1}, DType::kF32), gscale = eng_.empty({1}, DType::kF32);
+  Tensor norm = eng_.empty({1}, DType::kF32), found_inf = eng_.empty({1}, DType::kI32);
+  Tensor norm_ws = eng_.is_cuda() ? eng_.empty({int64_t(ops::global_norm_workspace_bytes(P))}, DType::kU8) : Tensor();
+  Tensor host_f = eng_.empty_host({3}, DType::kF32), host_i = eng_.empty_host({1}, DType::kI32);
+
+  std::unique_ptr<engine::EventWriter> tb;
+  if (lead && tc.report_to == "tensorboard") {
+    char stamp[64];
+    const std::time_t now = std::time(nullptr);
+    std::strftime(stamp, sizeof(stamp), "%Y%m%d-%H%M%S", std::localtime(&now));
+    tb = std::make_unique<engine::EventWriter>(tc.output_dir + "/runs/" + stamp);
+  }
+
+  auto save_checkpoint = [&](const LoopState& s) {
+    if (!lead) return;
+    const std::string final_dir = tc.output_dir + "/checkpoint-" + std::to_string(s.global_step);
+    const std::string tmp = tc.output_dir + "/.checkpoint-" + std::to_string(s.global_step) + ".tmp";
+    remove_tree(tmp);
+    mkdir_p(tmp);
+    lora.save_peft(tmp, c.model.path);
+    Tensor hm = eng_.empty_host({P}, DType::kF32), hv = eng_.empty_host({P}, DType::kF32);
+    eng_.copy(hm, m);
+    eng_.copy(hv, v);
+    eng_.synchronize();
+    engine::write_safetensors(tmp + "/optimizer.safetensors", {{"exp_avg", hm}, {"exp_avg_sq", hv}});
+    engine::write_file_atomic(tmp + "/trainer_state.json", state_to_json(s).dump(2) + "\n");
+    remove_tree(final_dir);
+    ENGINE_CHECK(::rename(tmp.c_str(), final_dir.c_str()) == 0, "cannot rename ", tmp, " to ", final_dir, ": ",
+                 std::strerror(errno));
+    if (tc.save_total_limit && *tc.save_total_limit > 0) {
+      auto cks = list_checkpoints(tc.output_dir);
+      while (int64_t(cks.size()) > *tc.save_total_limit) {
+        remove_tree(cks.front().second);
+        cks.erase(cks.begin());
+      }
+    }
+    say("saved " + final_dir);
+  };
+
+  // ---- the loop -----------------------------------------------------------------------------------------
+  TrainResult res;
+  double log_loss = 0, log_tokens = 0;
+  int64_t log_count = 0;
+  float last_norm = 0;
+  auto t_log = std::chrono::steady_clock::now();
+  const auto t_start = t_log;
+  const int64_t start_step = st.global_step;
+  eng_.allocator().reset_peak();
+  std::vector<std::vector<int64_t>> batches = sampler.epoch(st.epoch);
+  while (st.global_step < total) {
+    const int64_t GA = tc.gradient_accumulation_steps;
+    int64_t first = st.window * GA;
+    if (first >= int64_t(batches.size())) {  // epoch finished
+      ++st.epoch;
+      st.window = 0;
+      first = 0;
+      batches = sampler.epoch(st.epoch);
+    }
+    const int64_t last = std::min<int64_t>(first + GA, int64_t(batches.size()));
+    std::vector<engine::HostBatch> window;
+    int64_t n_labels = 0, n_tokens = 0;
+    for (int64_t i = first; i < last; ++i) {
+      window.push_back(engine::collate(data, batches[size_t(i)], tok.pad_id()));
+      const engine::HostBatch& hb = window.back();
+      for (int64_t r = 0; r < hb.B; ++r)
+        for (int64_t t = 0; t < hb.T; ++t) {
+          n_tokens += hb.attention_mask[size_t(r * hb.T + t)];
+          if (t > 0 && hb.labels[size_t(r * hb.T + t)] != engine::kIgnoreLabel) ++n_labels;  // shifted targets
+        }
+    }
+    // All-reduce point for N ranks: N is the global label count of the window (SPEC.md §5.2).
+    const int64_t N = std::max<int64_t>(n_labels, 1);
+    const float loss_scale = st.scaler.current();
+    eng_.zero(loss_sum);
+    eng_.zero(n_valid);
+    for (const engine::HostBatch& hb : window) {
+      if (hb.B == 0) continue;
+      const Batch b = make_batch(eng_, hb.B, hb.T, hb.ids, hb.attention_mask, hb.labels);
+      model.set_micro_step(uint64_t(st.micro_step++));
+      model.forward_backward(b, loss_scale / float(N), loss_sum, n_valid);
+    }
+    // Gradient all-reduce point for N ranks (NCCL) goes here.
+
+    // Unscale, clip on the global norm, check for inf/NaN: all on device (SPEC.md §5.3, §5.4).
+    eng_.zero(sumsq);
+    ops::global_norm_sumsq(sumsq, lora.grads(), norm_ws, eng_);
+    ops::ClipParams cp;
+    cp.max_norm = float(tc.max_grad_norm);
+    cp.inv_loss_scale = float(1.0 / double(loss_scale));
+    ops::clip_coefficient(gscale, norm, found_inf, sumsq, cp, eng_);
+    const double lr = tc.learning_rate * engine::lr_factor(sched, st.opt_steps, warmup, total);
+    if (paged_state) paged_state->prefetch_to_device(eng_.stream());
+    ops::AdamWParams ap;
+    ap.n = P;
+    ap.lr = float(lr);
+    ap.beta1 = float(tc.adam_beta1);
+    ap.beta2 = float(tc.adam_beta2);
+    ap.eps = float(tc.adam_epsilon);
+    ap.weight_decay = float(tc.weight_decay);
+    ap.step = int(st.opt_steps + 1);
+    ops::adamw_step(lora.params(), m, v, lora.grads(), gscale, found_inf, ap, eng_);
+    lora.zero_grads();
+    // The one host read of the step: loss, norm and the overflow flag decide the schedule and the scaler.
+    eng_.copy(host_f.view().slice_rows(0, 1), loss_sum);
+    eng_.copy(host_f.view().slice_rows(1, 2), norm);
+    eng_.copy(host_i, found_inf);
+    eng_.synchronize();
+    const bool overflow = host_i.ptr<int32_t>()[0] != 0;
+    const double loss = double(host_f.ptr<float>()[0]) / double(N);
+    last_norm = host_f.ptr<float>()[1];
+    if (!overflow) ++st.opt_steps;
+    st.scaler.update(overflow);
+    ++st.global_step;
+    ++st.window;
+    if (st.global_step == start_step + 1) res.first_loss = loss;
+    if (std::isfinite(loss)) {
+      log_loss += loss;
+      ++log_count;
+    }
+    log_tokens += double(n_tokens) * world_;
+    const double epoch_f = double(st.epoch) + double(std::min<int64_t>(st.window * GA, int64_t(batches.size()))) /
+                                                  double(std::max<size_t>(batches.size(), 1));
+    const bool epoch_end = st.window * GA >= int64_t(batches.size());
+    const bool log_now = (tc.logging_strategy == "steps" && st.global_step % tc.logging_steps == 0) ||
+                         (tc.logging_strategy == "epoch" && epoch_end) || st.global_step == total ||
+                         st.global_step == start_step + 1;
+    if (overflow)
+      say(engine::str_cat("step ", st.global_step, ": inf/NaN gradients, step skipped, loss scale -> ",
+                          st.scaler.current()));
+    if (log_now && tc.logging_strategy != "no") {
+      const auto now = std::chrono::steady_clock::now();
+      const double dt = std::chrono::duration<double>(now - t_log).count();
+      const double tps = log_tokens / std::max(dt, 1e-9);
+      const double mean_loss = log_count ? log_loss / double(log_count) : NAN;
+      const double elapsed = std::chrono::duration<double>(now - t_start).count();
+      const double eta = elapsed / double(st.global_step - start_step) * double(total - st.global_step);
+      const double peak_gib = double(eng_.allocator().stats().peak_bytes) / double(1u << 30);
+      char line[320];
+      std::snprintf(line, sizeof(line),
+                    "step %lld/%lld | epoch %.2f | loss %.4f | lr %.3e | grad_norm %.4f | %.0f tok/s | ETA %s | "
+                    "peak mem %.2f GiB",
+                    (long long)st.global_step, (long long)total, epoch_f, mean_loss, lr, double(last_norm), tps,
+                    fmt_duration(eta).c_str(), peak_gib);
+      say(line);
+      if (tb) {
+        tb->add_scalar("train/loss", float(mean_loss), st.global_step);
+        tb->add_scalar("train/learning_rate", float(lr), st.global_step);
+        tb->add_scalar("train/grad_norm", last_norm, st.global_step);
+        tb->add_scalar("train/tokens_per_second", float(tps), st.global_step);
+        tb->add_scalar("train/epoch", float(epoch_f), st.global_step);
+        if (st.scaler.enabled) tb->add_scalar("train/loss_scale", st.scaler.current(), st.global_step);
+        tb->flush();
+      }
+      res.final_loss = mean_loss;
+      log_loss = 0;
+      log_tokens = 0;
+      log_count = 0;
+      t_log = now;
+    }
+    const bool save_now = (tc.save_strategy == "steps" && st.global_step % tc.save_steps == 0) ||
+                          (tc.save_strategy == "epoch" && epoch_end);
+    if (save_now && st.global_step < total) save_checkpoint(st);
+  }
+  if (tc.save_strategy != "no" && st.global_step > start_step) save_checkpoint(st);
+  res.steps = st.global_step;
+  res.skipped_steps = st.scaler.skipped_steps;
+  res.adapter_dir = tc.output_dir;
+  if (lead) {
+    char abs_path[PATH_MAX];
+    const std::string base = ::realpath(c.model.path.c_str(), abs_path) ? std::string(abs_path) : c.model.path;
+    lora.save_peft(tc.output_dir, base);
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+    say(engine::str_cat("done: ", st.global_step, " steps in ", fmt_duration(secs), ", ", res.skipped_steps,
+                        " skipped, final loss ", res.final_loss, "; adapter written to ", tc.output_dir,
+                        "/adapter_model.safetensors"));
+  }
+  return res;
+}
+
+}  // namespace models
