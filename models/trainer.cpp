@@ -352,6 +352,7 @@ TrainResult Trainer::run() {
     ++st.global_step;
     ++st.window;
     if (st.global_step == start_step + 1) res.first_loss = loss;
+    res.step_losses.push_back(loss);
     if (std::isfinite(loss)) {
       log_loss += loss;
       ++log_count;

@@ -8,6 +8,7 @@
 // saves); the multi-GPU transport itself comes with NCCL.
 #pragma once
 #include <string>
+#include <vector>
 
 #include "engine/engine.h"
 #include "engine/train_config.h"
@@ -19,6 +20,7 @@ struct TrainResult {
   int64_t skipped_steps = 0;    // fp16 overflow skips
   double final_loss = 0;        // mean loss of the last logged interval
   double first_loss = 0;        // loss of the first optimizer step
+  std::vector<double> step_losses;  // every step's window loss, in order (this run's steps only)
   std::string adapter_dir;      // where the PEFT adapter was written
 };
 

@@ -1,0 +1,102 @@
+// tools/gemma_dump.cpp: runs this engine on one token batch and writes what parity tests compare with
+// transformers/peft: logits, loss and gradients, as a safetensors file.
+//   gemma_dump --model DIR --batch batch.json --out out.safetensors [--dtype f32|bf16|f16] [--cpu]
+//              [--train-base | --adapter DIR [--save-adapter DIR]] [--nf4]
+//   batch.json: {"B": 2, "T": 7, "ids": [...], "attention_mask": [...], "labels": [...]}, labels unshifted
+//   (HF style, -100 = ignore). Gradients are of the mean token loss (HF's loss): "grad.<HF or peft name>".
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "engine/safetensors.h"
+#include "models/gemma2.h"
+#include "models/lora.h"
+
+using namespace engine;
+
+int main(int argc, char** argv) {
+  CLI::App app{"gemma_dump: logits, loss and gradients of a Gemma-2 checkpoint on one batch (parity tests)"};
+  std::string model_dir, batch_path, out_path, dtype_s = "f32", adapter, save_adapter;
+  bool cpu = false, train_base = false, nf4 = false;
+  app.add_option("--model", model_dir, "HF Gemma-2 folder")->required();
+  app.add_option("--batch", batch_path, "batch JSON")->required()->check(CLI::ExistingFile);
+  app.add_option("--out", out_path, "output safetensors")->required();
+  app.add_option("--dtype", dtype_s, "compute dtype")->check(CLI::IsMember({"f32", "bf16", "f16"}));
+  app.add_flag("--cpu", cpu, "CPU backend");
+  app.add_flag("--train-base", train_base, "gradients of every base parameter (full fine-tuning)");
+  app.add_flag("--nf4", nf4, "quantize the linear weights to NF4 (QLoRA)");
+  app.add_option("--adapter", adapter, "peft LoRA adapter folder: gradients of its A and B");
+  app.add_option("--save-adapter", save_adapter, "write the loaded adapter back with this engine's writer");
+  CLI11_PARSE(app, argc, argv);
+  try {
+    Engine eng({cpu ? Backend::kCPU : Backend::kAuto});
+    std::fprintf(stderr, "%s\n", eng.describe().c_str());
+    std::ifstream in(batch_path);
+    nlohmann::json bj;
+    in >> bj;
+    const int64_t B = bj.at("B"), T = bj.at("T");
+    const auto ids = bj.at("ids").get<std::vector<int32_t>>(), mask = bj.at("attention_mask").get<std::vector<int32_t>>(),
+               labels = bj.at("labels").get<std::vector<int32_t>>();
+    models::Gemma2Options o;
+    o.compute_dtype = dtype_s == "f32" ? DType::kF32 : dtype_s == "bf16" ? DType::kBF16 : DType::kF16;
+    o.train_base = train_base;
+    o.quantize_nf4 = nf4;
+    models::Gemma2Model m = models::Gemma2Model::load(model_dir, eng, o);
+    std::unique_ptr<models::LoraAdapters> lora;
+    if (!adapter.empty()) {
+      std::ifstream ac(adapter + "/adapter_config.json");
+      nlohmann::json aj;
+      ac >> aj;
+      models::LoraSpec ls;
+      ls.r = aj.at("r");
+      ls.alpha = aj.at("lora_alpha");
+      ls.dropout = 0;  // parity runs use dropout 0 (SPEC.md §7.7)
+      ls.use_rslora = aj.value("use_rslora", false);
+      ls.targets.clear();
+      for (const char* t : {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"})
+        for (const auto& x : aj.at("target_modules"))
+          if (x == t) ls.targets.push_back(t);
+      lora = std::make_unique<models::LoraAdapters>(m.config(), ls, eng);
+      lora->load_peft(adapter);
+      m.attach_lora(lora.get(), 0);
+      if (!save_adapter.empty()) lora->save_peft(save_adapter, model_dir);
+    }
+    int64_t n = 0;  // shifted targets: HF's mean divides by these
+    for (int64_t r = 0; r < B; ++r)
+      for (int64_t t = 1; t < T; ++t) n += labels[size_t(r * T + t)] != -100;
+    const models::Batch b = models::make_batch(eng, B, T, ids, mask, labels);
+    Tensor loss = eng.empty({1}, DType::kF32);
+    eng.zero(loss);
+    m.forward_backward(b, 1.f / float(n), loss, TensorView{});
+    Tensor logits = m.logits(b);
+    std::vector<Tensor> keep;
+    std::vector<std::pair<std::string, TensorView>> out;
+    auto add = [&](const std::string& name, const Tensor& t) {
+      Tensor h32 = eng.empty_host(t.shape(), DType::kF32), h = eng.empty_host(t.shape(), t.dtype());
+      eng.copy(h, t);
+      eng.synchronize();
+      for (int64_t i = 0; i < t.numel(); ++i) h32.ptr<float>()[i] = float(load_f64(h.data(), h.dtype(), i));
+      keep.push_back(h32);
+      out.emplace_back(name, h32.view());
+    };
+    add("logits", logits);
+    add("loss_sum", loss);
+    Tensor nt = eng.empty_host({1}, DType::kF32);
+    nt.ptr<float>()[0] = float(n);
+    keep.push_back(nt);
+    out.emplace_back("n_valid", nt.view());
+    if (train_base)
+      for (models::Param* p : m.parameters()) add("grad." + p->name, p->grad);
+    if (lora)
+      for (const models::LoraModule& mod : lora->modules()) {
+        add("grad." + lora->peft_name(mod, true), mod.dA);
+        add("grad." + lora->peft_name(mod, false), mod.dB);
+      }
+    write_safetensors(out_path, out);
+    return 0;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
+  }
+}
