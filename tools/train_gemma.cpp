@@ -10,8 +10,7 @@
 
 int main(int argc, char** argv) {
   CLI::App app{"train_gemma: QLoRA fine-tuning of Gemma-2 (NF4 base, LoRA adapters, PEFT output)"};
-  app.footer("Config keys (YAML sections, or dotted overrides such as training.learning_rate=1e-4):\n\n" +
-             engine::TrainConfig::help_text());
+  app.footer(engine::TrainConfig::help_text());
   std::string config_path, resume;
   std::vector<std::string> overrides;
   bool force_cpu = false;

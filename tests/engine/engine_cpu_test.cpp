@@ -93,12 +93,8 @@ TEST(Tensor, ViewsReshapeAndSlice) {
 
 class SafetensorsTest : public ::testing::Test {
  protected:
-  std::string dir_;
-  void SetUp() override {
-    char tmpl[] = "/tmp/st_testXXXXXX";
-    dir_ = mkdtemp(tmpl);
-  }
-  void TearDown() override { std::system(("rm -rf " + dir_).c_str()); }
+  test::TempDir tmp_;
+  std::string dir_ = tmp_.path();
   void write_raw(const std::string& name, const std::string& bytes) {
     std::ofstream(dir_ + "/" + name, std::ios::binary) << bytes;
   }

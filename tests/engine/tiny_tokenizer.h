@@ -4,6 +4,8 @@
 #pragma once
 #include <gtest/gtest.h>
 #include <sentencepiece_trainer.h>
+
+#include "tests/test_util.h"
 #include <stdlib.h>
 
 #include <filesystem>
@@ -12,25 +14,6 @@
 
 namespace test {
 
-class TempDir {
- public:
-  TempDir() {
-    char tmpl[] = "/tmp/engine_data_testXXXXXX";
-    path_ = mkdtemp(tmpl);
-  }
-  ~TempDir() { std::filesystem::remove_all(path_); }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  const std::string& path() const { return path_; }
-  std::string file(const std::string& name) const { return path_ + "/" + name; }
-  std::string write(const std::string& name, const std::string& bytes) const {
-    std::ofstream(file(name), std::ios::binary) << bytes;
-    return file(name);
-  }
-
- private:
-  std::string path_;
-};
 
 // Trains `<dir>/<prefix>.model`; `ids` overrides the special-id flags (e.g. "--pad_id=-1 ...").
 inline std::string train_tiny_tokenizer(const TempDir& dir, const std::string& prefix,

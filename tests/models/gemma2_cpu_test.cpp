@@ -18,12 +18,8 @@ using test::Tol;
 
 class Gemma2Cpu : public ::testing::Test {
  protected:
-  std::string dir_;
-  void SetUp() override {
-    char tmpl[] = "/tmp/gemma2_testXXXXXX";
-    dir_ = mkdtemp(tmpl);
-  }
-  void TearDown() override { std::system(("rm -rf " + dir_).c_str()); }
+  test::TempDir tmp_;
+  std::string dir_ = tmp_.path();
 
   // B=2, T=5; the second row is right-padded by 2 (mask 0, labels -100).
   static Batch batch(Engine& eng, int64_t vocab) {

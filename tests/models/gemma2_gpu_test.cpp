@@ -45,8 +45,8 @@ class Gemma2Gpu : public ::testing::TestWithParam<Case> {};
 TEST_P(Gemma2Gpu, CudaMatchesCpu) {
   REQUIRE_CUDA();
   const Case cs = GetParam();
-  char tmpl[] = "/tmp/gemma2_gpuXXXXXX";
-  const std::string dir = mkdtemp(tmpl);
+  test::TempDir tmp;
+  const std::string dir = tmp.path();
   Gemma2Config c = tiny_config(64, 96, 2, 4, 2, 16, 97);
   c.sliding_window = 3;  // layer 0 slides inside T = 7
   write_random_checkpoint(dir, c, DType::kF32, RandomInit{11, 0.1, 0.2});
@@ -99,7 +99,6 @@ TEST_P(Gemma2Gpu, CudaMatchesCpu) {
     for (size_t i = 0; i < pg.size(); ++i)
       EXPECT_LT(rel_err(pg[i]->grad, pw[i]->grad, gpu, cpu), cs.tol) << pw[i]->name;
   }
-  std::system(("rm -rf " + dir).c_str());
 }
 
 std::string case_name(const ::testing::TestParamInfo<Case>& i) {

@@ -19,12 +19,8 @@ using test::Tol;
 
 class LoraCpu : public ::testing::TestWithParam<bool> {
  protected:
-  std::string dir_;
-  void SetUp() override {
-    char tmpl[] = "/tmp/lora_testXXXXXX";
-    dir_ = mkdtemp(tmpl);
-  }
-  void TearDown() override { std::system(("rm -rf " + dir_).c_str()); }
+  test::TempDir tmp_;
+  std::string dir_ = tmp_.path();
 };
 
 TEST_P(LoraCpu, GradientsMatchFiniteDifferences) {
@@ -99,8 +95,8 @@ TEST(Lora, Gemma2bCountsLikePeft) {
 }
 
 TEST(Lora, PeftFilesRoundTrip) {
-  char tmpl[] = "/tmp/lora_peftXXXXXX";
-  const std::string dir = mkdtemp(tmpl);
+  test::TempDir tmp;
+  const std::string dir = tmp.path();
   Engine eng({engine::Backend::kCPU});
   const Gemma2Config c = tiny_config(16, 24, 2, 2, 1, 8, 11);
   LoraSpec ls;
@@ -130,7 +126,6 @@ TEST(Lora, PeftFilesRoundTrip) {
   other.r = 2;
   LoraAdapters wrong(c, other, eng);
   EXPECT_THROW(wrong.load_peft(dir), engine::Error);  // shapes differ: named error, not garbage
-  std::system(("rm -rf " + dir).c_str());
 }
 
 }  // namespace

@@ -25,10 +25,9 @@ std::string slurp(const std::string& p) {
 
 class TrainerCpu : public ::testing::Test {
  protected:
-  std::string dir_;
+  test::TempDir tmp_;
+  std::string dir_ = tmp_.path();
   void SetUp() override {
-    char tmpl[] = "/tmp/trainer_testXXXXXX";
-    dir_ = mkdtemp(tmpl);
     models::write_random_checkpoint(dir_ + "/model", models::tiny_config(32, 64, 2, 2, 1, 16, 2000),
                                     engine::DType::kBF16, models::RandomInit{7, 0.05, 0.1});
     fs::copy_file(kRepo / "tools/demo/tokenizer.model", dir_ + "/model/tokenizer.model");
@@ -37,7 +36,6 @@ class TrainerCpu : public ::testing::Test {
     std::string line;
     for (int i = 0; i < 24 && std::getline(in, line); ++i) out << line << "\n";
   }
-  void TearDown() override { fs::remove_all(dir_); }
 
   engine::TrainConfig config(const std::string& out, std::vector<std::string> extra = {}) {
     const std::string yaml = "model: {path: " + dir_ + "/model}\n" + "data: {path: " + dir_ +
