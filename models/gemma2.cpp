@@ -49,8 +49,7 @@ Batch make_batch(Engine& eng, int64_t B, int64_t T, const std::vector<int32_t>& 
   auto upload = [&](const std::vector<int32_t>& v, engine::Shape s) {
     Tensor h = eng.empty_host(s, DType::kI32), d = eng.empty(s, DType::kI32);
     std::copy(v.begin(), v.end(), h.ptr<int32_t>());
-    eng.copy(d, h);
-    eng.synchronize();  // h is freed on return
+    eng.copy(d, h);  // pageable source: staged at once, so h may go (no device sync)
     return d;
   };
   std::vector<int32_t> pos(static_cast<size_t>(N)), shifted(static_cast<size_t>(N));

@@ -15,7 +15,6 @@
 #include <nlohmann/json.hpp>
 
 #include "engine/chat_data.h"
-#include "engine/managed_buffer.h"
 #include "engine/safetensors.h"
 #include "engine/sampler.h"
 #include "engine/schedule.h"
@@ -23,8 +22,7 @@
 #include "engine/tokenizer.h"
 #include "models/gemma2.h"
 #include "models/lora.h"
-#include "ops/adamw.h"
-#include "ops/global_norm.h"
+#include "models/optimizer.h"
 
 namespace models {
 
@@ -82,33 +80,26 @@ std::string fmt_duration(double s) {
   return buf;
 }
 
-// Everything a checkpoint needs to continue exactly where the run stopped.
+// Where the loop stands (with the adapter and the optimizer state, what a checkpoint needs to continue
+// exactly where the run stopped).
 struct LoopState {
   int64_t global_step = 0;  // optimizer steps taken, skipped ones included (HF's global_step)
-  int64_t opt_steps = 0;    // non-skipped steps: the schedule's and AdamW's counter
   int64_t epoch = 0;        // epoch of the next window
   int64_t window = 0;       // index of the next optimizer-step window within that epoch
   int64_t micro_step = 0;   // micro-batches run so far: keys the dropout masks
-  engine::LossScaler scaler;
 };
 
 nlohmann::json state_to_json(const LoopState& s) {
-  return {{"global_step", s.global_step}, {"opt_steps", s.opt_steps},     {"epoch", s.epoch},
-          {"window", s.window},           {"micro_step", s.micro_step},   {"loss_scale", s.scaler.scale},
-          {"growth_tracker", s.scaler.growth_tracker}, {"skipped_steps", s.scaler.skipped_steps}};
+  return {{"global_step", s.global_step}, {"epoch", s.epoch}, {"window", s.window}, {"micro_step", s.micro_step}};
 }
 
 LoopState state_from_json(const nlohmann::json& j, const std::string& path) {
   LoopState s;
   try {
     s.global_step = j.at("global_step");
-    s.opt_steps = j.at("opt_steps");
     s.epoch = j.at("epoch");
     s.window = j.at("window");
     s.micro_step = j.at("micro_step");
-    s.scaler.scale = j.at("loss_scale");
-    s.scaler.growth_tracker = j.at("growth_tracker");
-    s.scaler.skipped_steps = j.at("skipped_steps");
   } catch (const std::exception& e) {
     throw engine::Error(path + ": missing or invalid field: " + e.what());
   }
@@ -174,39 +165,31 @@ TrainResult Trainer::run() {
   model.attach_lora(&lora, uint64_t(tc.seed));
   say(lora.trainable_summary(model.num_base_params()));
 
-  // ---- optimizer state: m and v, flat f32 (paged: one managed allocation, SPEC.md §5.6) -------------
-  const int64_t P = lora.num_params();
-  const bool paged = tc.optim == "paged_adamw_32bit" && eng_.is_cuda();
-  std::unique_ptr<engine::ManagedBuffer> paged_state;
-  Tensor m, v;
-  if (paged) {
-    int dev = 0;
-    CUDA_CHECK(cudaGetDevice(&dev));
-    paged_state = std::make_unique<engine::ManagedBuffer>(size_t(2 * P) * sizeof(float), dev);
-    engine::TensorView mv{paged_state->data(), DType::kF32, {P}, engine::Device::kCUDA};
-    m = Tensor(mv, nullptr);
-    mv.data = static_cast<float*>(paged_state->data()) + P;
-    v = Tensor(mv, nullptr);
-  } else {
-    m = eng_.empty({P}, DType::kF32);
-    v = eng_.empty({P}, DType::kF32);
-  }
-  eng_.zero(m);
-  eng_.zero(v);
-
   // ---- schedule ---------------------------------------------------------------------------------------
   const engine::Sampler sampler(data.lengths(), tc.per_device_train_batch_size, tc.gradient_accumulation_steps,
                                 world_, rank_, tc.group_by_length, uint64_t(tc.seed));
   const int64_t per_epoch = sampler.num_update_steps_per_epoch();
   const int64_t total = tc.max_steps > 0 ? tc.max_steps : int64_t(std::ceil(tc.num_train_epochs * double(per_epoch)));
   const int64_t warmup = c.num_warmup_steps(total);
-  const engine::LrSchedule sched = engine::parse_lr_schedule(tc.lr_scheduler_type);
+  OptimizerConfig oc;
+  oc.lr = tc.learning_rate;
+  oc.beta1 = tc.adam_beta1;
+  oc.beta2 = tc.adam_beta2;
+  oc.eps = tc.adam_epsilon;
+  oc.weight_decay = tc.weight_decay;  // every LoRA tensor decays (SPEC.md §5.7)
+  oc.max_grad_norm = tc.max_grad_norm;
+  oc.schedule = engine::parse_lr_schedule(tc.lr_scheduler_type);
+  oc.warmup_steps = warmup;
+  oc.total_steps = total;
+  oc.paged = tc.optim == "paged_adamw_32bit" && eng_.is_cuda();
+  oc.loss_scaling = mo.compute_dtype == DType::kF16;
+  Optimizer opt(eng_, lora.params(), lora.grads(), oc);
   LoopState st;
-  st.scaler.enabled = mo.compute_dtype == DType::kF16;
   say(engine::str_cat("training: ", total, " optimizer steps (", per_epoch, " per epoch), batch ",
                       tc.per_device_train_batch_size, " x grad accum ", tc.gradient_accumulation_steps, " x ",
                       world_, " rank(s), warmup ", warmup, ", ", tc.lr_scheduler_type, " lr ", tc.learning_rate,
-                      ", ", paged ? "paged AdamW (managed memory)" : "AdamW", st.scaler.enabled ? ", fp16 loss scaling" : ""));
+                      ", ", oc.paged ? "paged AdamW (managed memory)" : "AdamW",
+                      oc.loss_scaling ? ", fp16 loss scaling" : ""));
 
   // ---- resume -----------------------------------------------------------------------------------------
   if (!tc.resume_from_checkpoint.empty()) {
@@ -214,14 +197,7 @@ TrainResult Trainer::run() {
                                                                  : tc.resume_from_checkpoint;
     ENGINE_CHECK(!ck.empty(), "resume_from_checkpoint: latest: no checkpoint-<step> folder in ", tc.output_dir);
     lora.load_peft(ck);
-    engine::SafetensorsFile opt(ck + "/optimizer.safetensors");
-    for (auto [name, dst] : {std::pair<const char*, Tensor*>{"exp_avg", &m}, {"exp_avg_sq", &v}}) {
-      const engine::TensorView src = opt.view(name);
-      ENGINE_CHECK(src.dtype == DType::kF32 && src.numel() == P, opt.path(), ": tensor ", name, " is ", src.str(),
-                   ", expected f32 (", P, ")");
-      eng_.copy(*dst, src);
-    }
-    eng_.synchronize();
+    opt.load(ck);
     std::ifstream in(ck + "/trainer_state.json");
     ENGINE_CHECK(in.good(), ck, "/trainer_state.json: cannot open");
     nlohmann::json j;
@@ -231,16 +207,12 @@ TrainResult Trainer::run() {
       throw engine::Error(ck + "/trainer_state.json: not valid JSON: " + e.what());
     }
     st = state_from_json(j, ck + "/trainer_state.json");
-    st.scaler.enabled = mo.compute_dtype == DType::kF16;
     say(engine::str_cat("resumed from ", ck, " at step ", st.global_step));
   }
 
-  // ---- device scalars (no host round trip inside a step but the one read at its end) -----------------
+  // The step's loss stays on the device until the optimizer's one read at the end of the step.
   Tensor loss_sum = eng_.empty({1}, DType::kF32), n_valid = eng_.empty({1}, DType::kI32);
-  Tensor sumsq = eng_.empty({1}, DType::kF32), gscale = eng_.empty({1}, DType::kF32);
-  Tensor norm = eng_.empty({1}, DType::kF32), found_inf = eng_.empty({1}, DType::kI32);
-  Tensor norm_ws = eng_.is_cuda() ? eng_.empty({int64_t(ops::global_norm_workspace_bytes(P))}, DType::kU8) : Tensor();
-  Tensor host_f = eng_.empty_host({3}, DType::kF32), host_i = eng_.empty_host({1}, DType::kI32);
+  Tensor host_loss = eng_.empty_host({1}, DType::kF32);
 
   std::unique_ptr<engine::EventWriter> tb;
   if (lead && tc.report_to == "tensorboard") {
@@ -257,11 +229,7 @@ TrainResult Trainer::run() {
     remove_tree(tmp);
     mkdir_p(tmp);
     lora.save_peft(tmp, c.model.path);
-    Tensor hm = eng_.empty_host({P}, DType::kF32), hv = eng_.empty_host({P}, DType::kF32);
-    eng_.copy(hm, m);
-    eng_.copy(hv, v);
-    eng_.synchronize();
-    engine::write_safetensors(tmp + "/optimizer.safetensors", {{"exp_avg", hm}, {"exp_avg_sq", hv}});
+    opt.save(tmp);
     engine::write_file_atomic(tmp + "/trainer_state.json", state_to_json(s).dump(2) + "\n");
     remove_tree(final_dir);
     ENGINE_CHECK(::rename(tmp.c_str(), final_dir.c_str()) == 0, "cannot rename ", tmp, " to ", final_dir, ": ",
@@ -309,7 +277,7 @@ TrainResult Trainer::run() {
     }
     // All-reduce point for N ranks: N is the global label count of the window (SPEC.md §5.2).
     const int64_t N = std::max<int64_t>(n_labels, 1);
-    const float loss_scale = st.scaler.current();
+    const float loss_scale = opt.loss_scale();
     eng_.zero(loss_sum);
     eng_.zero(n_valid);
     for (const engine::HostBatch& hb : window) {
@@ -319,36 +287,12 @@ TrainResult Trainer::run() {
       model.forward_backward(b, loss_scale / float(N), loss_sum, n_valid);
     }
     // Gradient all-reduce point for N ranks (NCCL) goes here.
-
-    // Unscale, clip on the global norm, check for inf/NaN: all on device (SPEC.md §5.3, §5.4).
-    eng_.zero(sumsq);
-    ops::global_norm_sumsq(sumsq, lora.grads(), norm_ws, eng_);
-    ops::ClipParams cp;
-    cp.max_norm = float(tc.max_grad_norm);
-    cp.inv_loss_scale = float(1.0 / double(loss_scale));
-    ops::clip_coefficient(gscale, norm, found_inf, sumsq, cp, eng_);
-    const double lr = tc.learning_rate * engine::lr_factor(sched, st.opt_steps, warmup, total);
-    if (paged_state) paged_state->prefetch_to_device(eng_.stream());
-    ops::AdamWParams ap;
-    ap.n = P;
-    ap.lr = float(lr);
-    ap.beta1 = float(tc.adam_beta1);
-    ap.beta2 = float(tc.adam_beta2);
-    ap.eps = float(tc.adam_epsilon);
-    ap.weight_decay = float(tc.weight_decay);
-    ap.step = int(st.opt_steps + 1);
-    ops::adamw_step(lora.params(), m, v, lora.grads(), gscale, found_inf, ap, eng_);
-    lora.zero_grads();
-    // The one host read of the step: loss, norm and the overflow flag decide the schedule and the scaler.
-    eng_.copy(host_f.view().slice_rows(0, 1), loss_sum);
-    eng_.copy(host_f.view().slice_rows(1, 2), norm);
-    eng_.copy(host_i, found_inf);
-    eng_.synchronize();
-    const bool overflow = host_i.ptr<int32_t>()[0] != 0;
-    const double loss = double(host_f.ptr<float>()[0]) / double(N);
-    last_norm = host_f.ptr<float>()[1];
-    if (!overflow) ++st.opt_steps;
-    st.scaler.update(overflow);
+    eng_.copy(host_loss, loss_sum);
+    const StepResult sr = opt.step();  // synchronizes: host_loss is ready afterwards
+    const bool overflow = sr.skipped;
+    const double lr = sr.lr;
+    const double loss = double(host_loss.ptr<float>()[0]) / double(N);
+    last_norm = sr.grad_norm;
     ++st.global_step;
     ++st.window;
     if (st.global_step == start_step + 1) res.first_loss = loss;
@@ -366,7 +310,7 @@ TrainResult Trainer::run() {
                          st.global_step == start_step + 1;
     if (overflow)
       say(engine::str_cat("step ", st.global_step, ": inf/NaN gradients, step skipped, loss scale -> ",
-                          st.scaler.current()));
+                          opt.loss_scale()));
     if (log_now && tc.logging_strategy != "no") {
       const auto now = std::chrono::steady_clock::now();
       const double dt = std::chrono::duration<double>(now - t_log).count();
@@ -388,7 +332,7 @@ TrainResult Trainer::run() {
         tb->add_scalar("train/grad_norm", last_norm, st.global_step);
         tb->add_scalar("train/tokens_per_second", float(tps), st.global_step);
         tb->add_scalar("train/epoch", float(epoch_f), st.global_step);
-        if (st.scaler.enabled) tb->add_scalar("train/loss_scale", st.scaler.current(), st.global_step);
+        if (oc.loss_scaling) tb->add_scalar("train/loss_scale", opt.loss_scale(), st.global_step);
         tb->flush();
       }
       res.final_loss = mean_loss;
@@ -403,7 +347,7 @@ TrainResult Trainer::run() {
   }
   if (tc.save_strategy != "no" && st.global_step > start_step) save_checkpoint(st);
   res.steps = st.global_step;
-  res.skipped_steps = st.scaler.skipped_steps;
+  res.skipped_steps = opt.skipped_steps();
   res.adapter_dir = tc.output_dir;
   if (lead) {
     char abs_path[PATH_MAX];

@@ -2,8 +2,11 @@
 // transformers/peft: logits, loss and gradients, as a safetensors file.
 //   gemma_dump --model DIR --batch batch.json --out out.safetensors [--dtype f32|bf16|f16] [--cpu]
 //              [--train-base | --adapter DIR [--save-adapter DIR]] [--nf4]
+//              [--steps N --lr LR --warmup W --max-grad-norm C --weight-decay WD]   (with --adapter)
 //   batch.json: {"B": 2, "T": 7, "ids": [...], "attention_mask": [...], "labels": [...]}, labels unshifted
 //   (HF style, -100 = ignore). Gradients are of the mean token loss (HF's loss): "grad.<HF or peft name>".
+//   --steps N then runs N optimizer steps (AdamW, cosine schedule with warmup, clipping) on the same batch
+//   and also writes "step_losses" (N) and the adapters after the last step, "param.<peft name>".
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <fstream>
@@ -12,6 +15,7 @@
 #include "engine/safetensors.h"
 #include "models/gemma2.h"
 #include "models/lora.h"
+#include "models/optimizer.h"
 
 using namespace engine;
 
@@ -19,6 +23,8 @@ int main(int argc, char** argv) {
   CLI::App app{"gemma_dump: logits, loss and gradients of a Gemma-2 checkpoint on one batch (parity tests)"};
   std::string model_dir, batch_path, out_path, dtype_s = "f32", adapter, save_adapter;
   bool cpu = false, train_base = false, nf4 = false;
+  int64_t steps = 0, warmup = 0;
+  double lr = 1e-3, max_grad_norm = 0.3, weight_decay = 0.001;
   app.add_option("--model", model_dir, "HF Gemma-2 folder")->required();
   app.add_option("--batch", batch_path, "batch JSON")->required()->check(CLI::ExistingFile);
   app.add_option("--out", out_path, "output safetensors")->required();
@@ -28,6 +34,11 @@ int main(int argc, char** argv) {
   app.add_flag("--nf4", nf4, "quantize the linear weights to NF4 (QLoRA)");
   app.add_option("--adapter", adapter, "peft LoRA adapter folder: gradients of its A and B");
   app.add_option("--save-adapter", save_adapter, "write the loaded adapter back with this engine's writer");
+  app.add_option("--steps", steps, "optimizer steps on the batch after the gradient dump");
+  app.add_option("--lr", lr, "peak learning rate for --steps");
+  app.add_option("--warmup", warmup, "warmup steps for --steps");
+  app.add_option("--max-grad-norm", max_grad_norm, "clipping for --steps");
+  app.add_option("--weight-decay", weight_decay, "weight decay for --steps");
   CLI11_PARSE(app, argc, argv);
   try {
     Engine eng({cpu ? Backend::kCPU : Backend::kAuto});
@@ -93,6 +104,32 @@ int main(int argc, char** argv) {
         add("grad." + lora->peft_name(mod, true), mod.dA);
         add("grad." + lora->peft_name(mod, false), mod.dB);
       }
+    if (steps > 0) {
+      ENGINE_CHECK(lora != nullptr, "--steps needs --adapter");
+      models::OptimizerConfig oc;
+      oc.lr = lr;
+      oc.weight_decay = weight_decay;
+      oc.max_grad_norm = max_grad_norm;
+      oc.warmup_steps = warmup;
+      oc.total_steps = steps;
+      models::Optimizer opt(eng, lora->params(), lora->grads(), oc);
+      lora->zero_grads();
+      Tensor losses = eng.empty_host({steps}, DType::kF32), host = eng.empty_host({1}, DType::kF32);
+      for (int64_t s = 0; s < steps; ++s) {
+        eng.zero(loss);
+        m.set_micro_step(uint64_t(s));
+        m.forward_backward(b, 1.f / float(n), loss, TensorView{});
+        eng.copy(host, loss);
+        opt.step();
+        losses.ptr<float>()[s] = host.ptr<float>()[0] / float(n);
+      }
+      keep.push_back(losses);
+      out.emplace_back("step_losses", losses.view());
+      for (const models::LoraModule& mod : lora->modules()) {
+        add("param." + lora->peft_name(mod, true), mod.A);
+        add("param." + lora->peft_name(mod, false), mod.B);
+      }
+    }
     write_safetensors(out_path, out);
     return 0;
   } catch (const std::exception& e) {
