@@ -157,7 +157,7 @@ Var Gemma2Model::linear(Tape& tape, const Var& x, Linear& w, int64_t layer) {
   autograd::LoraBranch br;
   br.A = m->A; br.B = m->B; br.dA = m->dA; br.dB = m->dB;
   br.scaling = m->scaling;
-  br.dropout = tape.recording() ? m->dropout : 0.f;  // nn.Dropout is the identity in eval mode
+  br.dropout = train_ ? m->dropout : 0.f;  // nn.Dropout is the identity in eval mode
   br.seed = dropout_seed_;
   br.stream = m->stream;
   br.offset = micro_step_ << 32;  // N*in < 2^32 elements per call: masks never overlap
@@ -192,7 +192,8 @@ Var Gemma2Model::layer_forward(Tape& tape, const Var& h, int64_t i, const Batch&
   return autograd::add(tape, h1, autograd::rmsnorm(tape, d, var(tape, L.post_ff_norm), eps));
 }
 
-Var Gemma2Model::forward(Tape& tape, const Batch& b) {
+Var Gemma2Model::forward(Tape& tape, const Batch& b, bool train) {
+  train_ = train;
   Var ids = tape.constant(b.ids, "ids");
   Var h = autograd::embedding(tape, ids, var(tape, embed_), std::sqrt(float(cfg_.hidden_size)),
                               opts_.compute_dtype);
@@ -218,7 +219,7 @@ ops::LmHeadCeParams Gemma2Model::head_params(const Var& hidden, float grad_scale
 
 void Gemma2Model::forward_backward(const Batch& b, float grad_scale, TensorView loss_sum, TensorView n_valid) {
   Tape tape(*eng_);
-  Var hidden = forward(tape, b);
+  Var hidden = forward(tape, b, /*train=*/true);
   Tensor dhidden = eng_->empty(hidden.shape(), hidden.dtype());
   // The tied head's gradient (full fine-tuning only) comes from the fused op; the gather side comes
   // from the embedding node during backward.
@@ -229,7 +230,7 @@ void Gemma2Model::forward_backward(const Batch& b, float grad_scale, TensorView 
 
 double Gemma2Model::loss_sum(const Batch& b) {
   Tape tape(*eng_, /*recording=*/false);
-  Var hidden = forward(tape, b);
+  Var hidden = forward(tape, b, /*train=*/false);
   const DType wide = hidden.dtype() == DType::kF64 ? DType::kF64 : DType::kF32;
   Tensor loss = eng_->empty({1}, wide), host = eng_->empty_host({1}, wide);
   eng_->zero(loss);
@@ -242,7 +243,7 @@ double Gemma2Model::loss_sum(const Batch& b) {
 
 Tensor Gemma2Model::logits(const Batch& b) {
   Tape tape(*eng_, /*recording=*/false);
-  Var hidden = forward(tape, b);
+  Var hidden = forward(tape, b, /*train=*/false);
   const int64_t N = hidden.rows(), V = cfg_.vocab_size;
   Tensor out = eng_->empty({N, V}, hidden.dtype());
   ops::MatmulParams p;

@@ -60,8 +60,9 @@ class Gemma2Model {
   const Gemma2Config& config() const { return cfg_; }
   const Gemma2Options& options() const { return opts_; }
 
-  // The final-normed hidden states (N, D).
-  Var forward(Tape& tape, const Batch& b);
+  // The final-normed hidden states (N, D). `train`: LoRA dropout active (nn.Module.train()); a recomputed
+  // (checkpointed) layer replays the same masks.
+  Var forward(Tape& tape, const Batch& b, bool train);
   // Forward, fused LM head + softcap + CE, and backward. loss_sum (f32 scalar) += sum of token CE;
   // n_valid (i32 scalar) += label count. Gradients are scaled by grad_scale (the trainer's
   // loss_scale / N_total) and accumulate into the trainable parameters' grads.
@@ -105,6 +106,7 @@ class Gemma2Model {
   Tensor dequant_ws_;                  // one dequantized weight at a time (QLoRA)
   const LoraAdapters* lora_ = nullptr;
   uint64_t dropout_seed_ = 0, micro_step_ = 0;
+  bool train_ = false;                 // set by forward(): dropout on in training, off in eval
 };
 
 }  // namespace models

@@ -100,6 +100,32 @@ TEST_F(Gemma2Cpu, CheckpointingGivesIdenticalGradients) {
   for (size_t i = 0; i < grads[0].size(); ++i) EXPECT_EQ(grads[0][i], grads[1][i]) << "param " << i;
 }
 
+TEST_F(Gemma2Cpu, CheckpointingReplaysLoraDropout) {
+  // QLoRA with dropout: the recomputed layer must use the masks of the first pass.
+  Gemma2Config c = tiny_config(16, 24, 2, 2, 1, 8, 13);
+  write_random_checkpoint(dir_, c, DType::kF32, RandomInit{6, 0.3, 0.2});
+  Engine eng({engine::Backend::kCPU});
+  std::vector<float> grads[2];
+  for (int ck = 0; ck < 2; ++ck) {
+    Gemma2Options o;
+    o.quantize_nf4 = true;
+    o.gradient_checkpointing = ck == 1;
+    Gemma2Model m = Gemma2Model::load(dir_, eng, o);
+    LoraSpec ls;
+    ls.dropout = 0.3;
+    LoraAdapters lora(m.config(), ls, eng);
+    for (int64_t i = 0; i < lora.num_params(); ++i) lora.params().ptr<float>()[i] = 0.01f * float(i % 17) - 0.05f;
+    m.attach_lora(&lora, 5);
+    m.set_micro_step(2);
+    const Batch b = batch(eng, c.vocab_size);
+    Tensor loss = eng.empty({1}, DType::kF32);
+    eng.zero(loss);
+    m.forward_backward(b, 0.5f, loss, TensorView{});
+    grads[ck].assign(lora.grads().ptr<float>(), lora.grads().ptr<float>() + lora.num_params());
+  }
+  EXPECT_EQ(grads[0], grads[1]);
+}
+
 TEST_F(Gemma2Cpu, CheckpointErrorsNameTheTensor) {
   Gemma2Config c = tiny_config(8, 12, 1, 2, 1, 4, 13);
   write_random_checkpoint(dir_, c, DType::kBF16, RandomInit{});
