@@ -4,6 +4,8 @@
 //                 [--compute-dtype bf16|f16|f32] [--shard-size-mb 5000] [--force] [--cpu]
 // --base nf4 (default) merges into the dequantized NF4 weights the adapter was trained against; 16bit into
 // the original checkpoint weights. models/export.h explains the difference.
+#include <unistd.h>
+
 #include <CLI/CLI.hpp>
 #include <cmath>
 #include <cstdio>
@@ -53,21 +55,22 @@ int main(int argc, char** argv) {
     o.out_dtype = parse_dtype(dtype_s);
     o.compute_dtype = parse_dtype(compute_s);
     o.shard_bytes = std::max<int64_t>(1, int64_t(std::llround(shard_mb * 1e6)));
-    o.on_tensor = [](const std::string& name, int64_t i, int64_t n) {
-      std::fprintf(stderr, "\r[%lld/%lld] %-60s", static_cast<long long>(i + 1), static_cast<long long>(n),
-                   name.c_str());
+    const bool tty = ::isatty(2) != 0;  // a terminal: one progress line rewritten in place; a log: one per tensor
+    o.on_tensor = [tty](const std::string& name, int64_t i, int64_t n) {
+      std::fprintf(stderr, tty ? "\r[%lld/%lld] %-60s" : "[%lld/%lld] %s\n", static_cast<long long>(i + 1),
+                   static_cast<long long>(n), name.c_str());
+      if (tty && i + 1 == n) std::fprintf(stderr, "\n");
     };
     engine::Engine eng({cpu ? engine::Backend::kCPU : engine::Backend::kAuto});
     std::fprintf(stderr, "%s\n", eng.describe().c_str());
     const models::ExportResult r = models::export_merged(o, eng);
-    std::fprintf(stderr, "\n");
     std::printf("export_merged: %s: %lld tensors (%lld merged, base %s), %.1f MB in %s\n", o.out_dir.c_str(),
                 static_cast<long long>(r.num_tensors), static_cast<long long>(r.num_merged), base.c_str(),
                 double(r.total_bytes) / 1e6, dtype_s.c_str());
     for (const std::string& f : r.files) std::printf("  %s\n", f.c_str());
     return 0;
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "\nerror: %s\n", e.what());
+    std::fprintf(stderr, "error: %s\n", e.what());
     return 1;
   }
 }

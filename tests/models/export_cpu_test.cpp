@@ -139,7 +139,8 @@ TEST_F(ExportCpu, Nf4ExportMatchesTheQuantizedBasePlusAdapter) {
 TEST_F(ExportCpu, RoundsOnceToTheOutputDtypeAndCastsTheRest) {
   ExportOptions o = opts(MergeBase::k16Bit, DType::kBF16);
   export_merged(o, eng_);
-  engine::SafetensorsCheckpoint in(base_), out(out_), ad(adapter_);
+  engine::SafetensorsCheckpoint in(base_), out(out_);
+  engine::SafetensorsFile ad(adapter_ + "/adapter_model.safetensors");
   const std::string w = "model.layers.1.mlp.down_proj.weight", p = "base_model.model.model.layers.1.mlp.down_proj.";
   const engine::TensorView W = in.view(w), A = ad.view(p + "lora_A.weight"), B = ad.view(p + "lora_B.weight"),
                            M = out.view(w);

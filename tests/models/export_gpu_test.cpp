@@ -1,5 +1,6 @@
 // tests/models/export_gpu_test.cpp (label gpu): the export on CUDA (dequantize and merge on the device)
 // against the CPU export, and the CUDA export's logits against the CUDA base + adapter.
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <memory>
@@ -106,17 +107,20 @@ TEST_F(ExportGpu, Nf4MatchesTheCpuExport) {
   Engine gpu({engine::Backend::kCUDA});
   export_merged(opts(MergeBase::kNf4, DType::kF32, tmp_.file("gpu")), gpu);
   export_merged(opts(MergeBase::kNf4, DType::kF32, tmp_.file("cpu")), cpu_);
-  // Dequantization is bit-identical; CUDA's approximate reciprocal can move a code by one in rare ties
-  // (ops/nf4.h), a step of up to ~0.3 * absmax; f32 merge sums differ by ulps.
+  // Dequantization is bit-identical, but CUDA's approximate reciprocal can move a 4-bit code (one element) or
+  // an 8-bit absmax code (a whole block of 64) by one step in rare ties (ops/nf4.h; nf4_gpu_test allows
+  // < 1e-4 of the codes and < 1e-3 of the absmax codes). Outside such blocks only f32 merge sums differ.
   engine::SafetensorsCheckpoint x(tmp_.file("gpu")), y(tmp_.file("cpu"));
   for (const std::string& n : x.names()) {
     const engine::TensorView u = x.view(n), v = y.view(n);
-    int64_t big = 0;
+    const int64_t nb = ops::nf4_blocks(u.numel());
+    std::vector<bool> off(size_t(nb), false);
     for (int64_t i = 0; i < u.numel(); ++i) {
       const double p = u.ptr<float>()[i], q = v.ptr<float>()[i];
-      big += std::fabs(p - q) > 1e-6 + 1e-5 * std::fabs(q);
+      if (std::fabs(p - q) > 1e-6 + 1e-5 * std::fabs(q)) off[size_t(i / ops::kNf4Block)] = true;
     }
-    EXPECT_LE(double(big), 1e-3 * double(u.numel())) << n << ": " << big << " elements differ beyond f32 sums";
+    const int64_t blocks = std::count(off.begin(), off.end(), true);
+    EXPECT_LE(blocks, 2 + nb / 100) << n << ": " << blocks << " of " << nb << " blocks differ beyond f32 sums";
   }
 }
 
