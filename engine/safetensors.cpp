@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <fstream>
@@ -202,26 +203,110 @@ void write_file_atomic(const std::string& path, const std::string& bytes) {
   }
 }
 
-void write_safetensors(const std::string& path, const std::vector<std::pair<std::string, TensorView>>& tensors,
-                       const std::map<std::string, std::string>& metadata) {
+SafetensorsWriter::SafetensorsWriter(const std::string& path, std::vector<SafetensorsLayoutEntry> layout,
+                                     const std::map<std::string, std::string>& metadata)
+    : path_(path), tmp_(path + ".tmp." + std::to_string(::getpid())), layout_(std::move(layout)) {
   nlohmann::ordered_json h;
   if (!metadata.empty()) h["__metadata__"] = metadata;
-  size_t off = 0;
-  for (const auto& [name, t] : tensors) {
-    ENGINE_CHECK(t.device == Device::kCPU, "write_safetensors: tensor ", name, " is not in host memory");
-    std::vector<int64_t> shape(t.shape.dims.begin(), t.shape.dims.begin() + t.shape.ndim);
-    h[name] = {{"dtype", dtype_to_safetensors(t.dtype)}, {"shape", shape}, {"data_offsets", {off, off + t.nbytes()}}};
-    off += t.nbytes();
+  for (const SafetensorsLayoutEntry& e : layout_) {
+    ENGINE_CHECK(!e.name.empty() && e.name != "__metadata__", path, ": invalid tensor name '", e.name, "'");
+    ENGINE_CHECK(!h.contains(e.name), path, ": tensor ", e.name, " appears twice in the layout");
+    std::vector<int64_t> shape(e.shape.dims.begin(), e.shape.dims.begin() + e.shape.ndim);
+    h[e.name] = {{"dtype", dtype_to_safetensors(e.dtype)}, {"shape", shape},
+                 {"data_offsets", {data_bytes_, data_bytes_ + e.nbytes()}}};
+    data_bytes_ += e.nbytes();
   }
   std::string header = h.dump();
   header.append((8 - header.size() % 8) % 8, ' ');  // data starts 8-byte aligned, as safetensors writes it
-  std::string out(8, '\0');
+  std::string prefix(8, '\0');
   const uint64_t hl = header.size();
-  for (int i = 0; i < 8; ++i) out[i] = char((hl >> (8 * i)) & 0xff);
-  out += header;
-  out.reserve(out.size() + off);
-  for (const auto& kv : tensors) out.append(static_cast<const char*>(kv.second.data), kv.second.nbytes());
-  write_file_atomic(path, out);
+  for (int i = 0; i < 8; ++i) prefix[i] = char((hl >> (8 * i)) & 0xff);
+  header_bytes_ = 8 + hl;
+  fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  ENGINE_CHECK(fd_ >= 0, tmp_, ": cannot create: ", errno_str());
+  try {
+    append(prefix.data(), prefix.size());
+    append(header.data(), header.size());
+  } catch (...) {
+    discard();
+    throw;
+  }
+}
+
+SafetensorsWriter::~SafetensorsWriter() {
+  if (!finished_) discard();
+}
+
+void SafetensorsWriter::discard() {
+  if (fd_ >= 0) ::close(fd_);
+  fd_ = -1;
+  ::unlink(tmp_.c_str());
+}
+
+void SafetensorsWriter::append(const void* p, size_t n) {
+  const char* c = static_cast<const char*>(p);
+  while (n > 0) {
+    const ssize_t w = ::write(fd_, c, n);
+    if (w < 0 && errno == EINTR) continue;
+    ENGINE_CHECK(w > 0, tmp_, ": write failed: ", w < 0 ? errno_str() : std::string("no progress"));
+    c += w;
+    n -= size_t(w);
+  }
+}
+
+void SafetensorsWriter::write(const std::string& name, TensorView host) {
+  ENGINE_CHECK(!finished_ && fd_ >= 0, path_, ": write of tensor ", name, " after finish() or a failed write");
+  ENGINE_CHECK(next_ < layout_.size(), path_, ": tensor ", name, " written after all ", layout_.size(),
+               " tensors of the layout");
+  const SafetensorsLayoutEntry& e = layout_[next_];
+  if (name != e.name) {
+    bool known = false;
+    for (const auto& l : layout_) known = known || l.name == name;
+    ENGINE_CHECK(false, path_, ": tensor ", name, known ? " written out of order" : " is not in the layout",
+                 ": expected ", e.name, " (tensor ", next_ + 1, " of ", layout_.size(), ")");
+  }
+  ENGINE_CHECK(host.device == Device::kCPU, path_, ": tensor ", name, " is not in host memory (", host.str(), ")");
+  ENGINE_CHECK(host.dtype == e.dtype && host.shape == e.shape, path_, ": tensor ", name, " is ",
+               dtype_name(host.dtype), host.shape.str(), " (", host.nbytes(), " bytes), the layout says ",
+               dtype_name(e.dtype), e.shape.str(), " (", e.nbytes(), " bytes)");
+  try {
+    append(host.data, host.nbytes());
+  } catch (...) {
+    discard();  // the file is now inconsistent: later writes and finish() fail
+    throw;
+  }
+  ++next_;
+}
+
+void SafetensorsWriter::finish() {
+  ENGINE_CHECK(!finished_ && fd_ >= 0, path_, ": finish() called twice or after a failed write");
+  ENGINE_CHECK(next_ == layout_.size(), path_, ": finish() with ", layout_.size() - next_,
+               " tensors not written, first ", layout_[std::min(next_, layout_.size() - 1)].name);
+  if (::fsync(fd_) != 0 || ::close(fd_) != 0) {
+    const std::string err = errno_str();
+    fd_ = -1;
+    discard();
+    throw Error(tmp_ + ": fsync/close failed: " + err);
+  }
+  fd_ = -1;
+  if (::rename(tmp_.c_str(), path_.c_str()) != 0) {
+    const std::string err = errno_str();
+    discard();
+    throw Error(path_ + ": rename failed: " + err);
+  }
+  finished_ = true;
+}
+
+void write_safetensors(const std::string& path, const std::vector<std::pair<std::string, TensorView>>& tensors,
+                       const std::map<std::string, std::string>& metadata) {
+  std::vector<SafetensorsLayoutEntry> layout;
+  for (const auto& [name, t] : tensors) {
+    ENGINE_CHECK(t.device == Device::kCPU, "write_safetensors: tensor ", name, " is not in host memory");
+    layout.push_back({name, t.dtype, t.shape});
+  }
+  SafetensorsWriter w(path, std::move(layout), metadata);
+  for (const auto& [name, t] : tensors) w.write(name, t);
+  w.finish();
 }
 
 }  // namespace engine

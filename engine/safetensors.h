@@ -60,7 +60,49 @@ class SafetensorsCheckpoint {
   std::map<std::string, size_t> where_;  // tensor -> index into files_
 };
 
+// One tensor of a file SafetensorsWriter is about to write.
+struct SafetensorsLayoutEntry {
+  std::string name;
+  DType dtype = DType::kF32;
+  Shape shape;
+  size_t nbytes() const { return size_t(shape.numel()) * dtype_size(dtype); }
+};
+
+// Streams a .safetensors file whose layout is known up front, so host memory stays bounded by one tensor:
+// the constructor writes the header (every offset follows from the layout) to a temporary file in the same
+// folder; write() appends one tensor's bytes, in layout order; finish() checks that every tensor was
+// written, fsyncs and renames the file into place (atomic). Destroying the writer before finish() removes
+// the temporary file, so a failed export never leaves a partial file at `path`.
+// Errors (engine::Error) name the file and the tensor: duplicate names, out-of-order or unknown tensors,
+// a view whose dtype, shape or place differs from the layout, finish() with tensors missing.
+class SafetensorsWriter {
+ public:
+  SafetensorsWriter(const std::string& path, std::vector<SafetensorsLayoutEntry> layout,
+                    const std::map<std::string, std::string>& metadata = {});
+  ~SafetensorsWriter();
+  SafetensorsWriter(const SafetensorsWriter&) = delete;
+  SafetensorsWriter& operator=(const SafetensorsWriter&) = delete;
+
+  void write(const std::string& name, TensorView host);
+  void finish();
+  // Header bytes (length prefix included) + data bytes: the final file size.
+  uint64_t file_bytes() const { return header_bytes_ + data_bytes_; }
+  uint64_t data_bytes() const { return data_bytes_; }
+
+ private:
+  void append(const void* p, size_t n);
+  void discard();  // close and remove the temporary file
+
+  std::string path_, tmp_;
+  std::vector<SafetensorsLayoutEntry> layout_;
+  size_t next_ = 0;  // index in layout_ of the tensor write() expects
+  int fd_ = -1;
+  uint64_t header_bytes_ = 0, data_bytes_ = 0;
+  bool finished_ = false;
+};
+
 // Writes tensors (host views) atomically: a temporary file in the same folder, fsync, then rename.
+// (SafetensorsWriter with the views' own layout.)
 void write_safetensors(const std::string& path, const std::vector<std::pair<std::string, TensorView>>& tensors,
                        const std::map<std::string, std::string>& metadata = {});
 
