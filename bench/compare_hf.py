@@ -111,6 +111,8 @@ def run(a):
     for k in shape:
         if getattr(a, k, None):
             shape[k] = getattr(a, k)
+    if shape != PRESETS[a.preset]:
+        a.preset += "+custom"  # bench_train's name for an overridden preset: the table pairs the two
     device = torch.cuda.get_device_name(0)
     out = config_json(a, shape, device)
     dtype = torch.bfloat16 if a.dtype == "bf16" else torch.float16
@@ -199,7 +201,7 @@ def run(a):
                      lr_scheduler_type="cosine", warmup_steps=0.03, max_grad_norm=0.3, weight_decay=0.001,
                      optim="paged_adamw_32bit", fp16=a.dtype == "f16", bf16=a.dtype == "bf16",
                      logging_strategy="no", save_strategy="no", report_to="none", disable_tqdm=True,
-                     dataloader_num_workers=0, seed=a.seed, gradient_checkpointing=a.gradient_checkpointing)
+                     dataloader_num_workers=0, remove_unused_columns=False, seed=a.seed, gradient_checkpointing=a.gradient_checkpointing)
         if a.gradient_checkpointing:
             # Non-reentrant checkpointing needs no input grads (no prepare_model_for_kbit_training here).
             targs["gradient_checkpointing_kwargs"] = {"use_reentrant": False}
@@ -241,7 +243,9 @@ def run(a):
               f"opt {out['optimizer_ms'] or 0:.1f}) | peak {gib(peak):.2f} GiB (+{gib(managed):.3f} managed, device "
               f"used {gib(total_b - free_b):.2f}) | MFU {100 * out['mfu']:.1f}% HFU {100 * out['hfu']:.1f}%")
         rc = 0
-    except torch.OutOfMemoryError as e:
+    except (torch.OutOfMemoryError, RuntimeError) as e:  # bnb's paged allocations raise RuntimeError
+        if "out of memory" not in str(e).lower():
+            raise
         out["error"] = "out of memory: " + str(e).split("\n")[0]
         rc = 1
     print(json.dumps(out))

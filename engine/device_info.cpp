@@ -2,7 +2,6 @@
 
 #include <cuda_runtime.h>
 
-#include <cstring>
 
 #include "engine/check.h"
 
@@ -17,14 +16,11 @@ struct Peak {
 Peak dense_peak() {
   int dev = 0;
   CUDA_CHECK(cudaGetDevice(&dev));
-  char name[256] = {0};
-  {
-    cudaDeviceProp p{};
-    CUDA_CHECK(cudaGetDeviceProperties(&p, dev));
-    std::strncpy(name, p.name, sizeof(name) - 1);
-  }
-  auto has = [&](const char* s) { return std::strstr(name, s) != nullptr; };
-  const std::string ds = std::string("datasheet (") + name + ")";
+  cudaDeviceProp props{};
+  CUDA_CHECK(cudaGetDeviceProperties(&props, dev));
+  const std::string name(props.name);
+  auto has = [&](const char* s) { return name.find(s) != std::string::npos; };
+  const std::string ds = "datasheet (" + name + ")";
   if (has("H100") || has("H200") || has("H800")) {
     if (has("PCIe")) return {756e12, ds};
     if (has("NVL")) return {835e12, ds};
