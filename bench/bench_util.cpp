@@ -1,5 +1,6 @@
 #include "bench/bench_util.h"
 
+#include "engine/device_info.h"
 #include "engine/philox.h"
 
 namespace bench {
@@ -31,24 +32,9 @@ Tensor random_tensor(Engine& eng, Shape shape, DType dtype, uint64_t seed, doubl
   return dev;
 }
 
-double peak_dram_bytes_per_s() {
-  int dev = 0, clock_khz = 0, bus_bits = 0;
-  CUDA_CHECK(cudaGetDevice(&dev));
-  CUDA_CHECK(cudaDeviceGetAttribute(&clock_khz, cudaDevAttrMemoryClockRate, dev));
-  CUDA_CHECK(cudaDeviceGetAttribute(&bus_bits, cudaDevAttrGlobalMemoryBusWidth, dev));
-  return 2.0 * clock_khz * 1e3 * bus_bits / 8.0;  // double data rate
-}
-
-double peak_dense_flops_per_s() {
-  int dev = 0, clock_khz = 0, sms = 0, major = 0;
-  CUDA_CHECK(cudaGetDevice(&dev));
-  CUDA_CHECK(cudaDeviceGetAttribute(&clock_khz, cudaDevAttrClockRate, dev));
-  CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-  CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
-  // Dense f16/bf16 tensor-core FLOP per clock per SM: Hopper 4096 (989 TFLOP/s on H100 SXM), Ampere 2048.
-  const double per_clk = major >= 9 ? 4096.0 : 2048.0;
-  return per_clk * sms * clock_khz * 1e3;
-}
+// Moved to engine/device_info.cpp (tools report MFU too).
+double peak_dram_bytes_per_s() { return engine::peak_dram_bytes_per_s(); }
+double peak_dense_flops_per_s() { return engine::peak_dense_flops_per_s(); }
 
 void report_bytes(benchmark::State& state, double bytes) {
   using benchmark::Counter;

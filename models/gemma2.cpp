@@ -1,5 +1,6 @@
 #include "models/gemma2.h"
 
+#include <algorithm>
 #include <cmath>
 #include <set>
 
@@ -7,6 +8,7 @@
 #include "ops/elementwise.h"
 #include "ops/lm_head_ce.h"
 #include "ops/matmul.h"
+#include "ops/random_fill.h"
 #include "ops/softcap.h"
 
 namespace models {
@@ -131,6 +133,79 @@ Gemma2Model Gemma2Model::load(const std::string& dir, Engine& eng, const Gemma2O
   return m;
 }
 
+Gemma2Model Gemma2Model::random(const Gemma2Config& cfg, Engine& eng, const Gemma2Options& opts,
+                                const RandomInit& init) {
+  const int64_t D = cfg.hidden_size, F = cfg.intermediate_size, H = cfg.num_attention_heads,
+                KV = cfg.num_key_value_heads, HD = cfg.head_dim, V = cfg.vocab_size, L = cfg.num_hidden_layers;
+  ENGINE_CHECK(D > 0 && F > 0 && H > 0 && KV > 0 && HD > 0 && V > 0 && L > 0 && H % KV == 0 && HD % 2 == 0 &&
+                   int64_t(cfg.sliding.size()) == L,
+               "Gemma2Model::random: invalid config (D=", D, " F=", F, " H=", H, " KV=", KV, " HD=", HD, " V=", V,
+               " L=", L, ", ", cfg.sliding.size(), " sliding flags): sizes must be positive, H a multiple of KV, "
+               "HD even, one sliding flag per layer");
+  ENGINE_CHECK(!(opts.train_base && opts.quantize_nf4), "full fine-tuning of an NF4-quantized model is not supported");
+  ENGINE_CHECK(std::isfinite(init.std) && init.std >= 0 && std::isfinite(init.norm_std) && init.norm_std >= 0,
+               "Gemma2Model::random: std ", init.std, " and norm_std ", init.norm_std, " must be finite and >= 0");
+  Gemma2Model m(cfg, eng, opts);
+  const DType wide = opts.compute_dtype == DType::kF64 ? DType::kF64 : DType::kF32;
+  // The dtype write_random_checkpoint would have stored (load() reads f32/f16/bf16 only).
+  const DType ck = opts.compute_dtype == DType::kF64 ? DType::kF32 : opts.compute_dtype;
+  uint64_t stream = 0;  // one Philox stream per tensor, in write_random_checkpoint's order
+  // The next tensor's values as a `ck` checkpoint holds them, cast to dst's dtype as load() casts.
+  auto fill = [&](TensorView dst, double sd) {
+    const ops::RandomFillParams p{init.seed, ++stream, 0, sd};
+    if (dst.dtype == ck) {
+      ops::random_normal_fill(dst, p, eng);
+      return;
+    }
+    Tensor tmp = eng.empty(dst.shape, ck);  // freed in stream order after the cast
+    ops::random_normal_fill(tmp, p, eng);
+    ops::cast(dst, tmp, eng);
+  };
+  auto dense = [&](Param& p, const std::string& name, engine::Shape shape, bool norm, double sd) {
+    p.name = name;
+    p.value = eng.empty(shape, norm ? wide : opts.compute_dtype);
+    fill(p.value, sd);
+    if (opts.train_base) {
+      p.grad = eng.empty(shape, wide);
+      eng.zero(p.grad);
+    }
+  };
+  // QLoRA: the dequant workspace doubles as the one dense weight being filled and quantized.
+  if (opts.quantize_nf4) m.dequant_ws_ = eng.empty({std::max({H * HD * D, KV * HD * D, F * D})}, opts.compute_dtype);
+  auto linear = [&](Linear& l, const std::string& name, const char* target, int64_t out, int64_t in) {
+    l.target = target;
+    l.out = out;
+    l.in = in;
+    if (!opts.quantize_nf4) {
+      dense(l.dense, name, {out, in}, false, init.std);
+      return;
+    }
+    const TensorView w{m.dequant_ws_.data(), opts.compute_dtype, {out, in}, m.dequant_ws_.device()};
+    fill(w, init.std);
+    l.nf4 = ops::nf4_empty(out, in, eng);
+    ops::nf4_quantize(l.nf4.view(), w, ops::Nf4QuantParams{}, eng);  // stream-ordered before the next fill
+  };
+  dense(m.embed_, "model.embed_tokens.weight", {V, D}, false, init.std);
+  m.layers_.resize(size_t(L));
+  for (int64_t i = 0; i < L; ++i) {
+    Layer& ly = m.layers_[size_t(i)];
+    const std::string pre = "model.layers." + std::to_string(i) + ".";
+    dense(ly.input_norm, pre + "input_layernorm.weight", {D}, true, init.norm_std);
+    linear(ly.q, pre + "self_attn.q_proj.weight", "q_proj", H * HD, D);
+    linear(ly.k, pre + "self_attn.k_proj.weight", "k_proj", KV * HD, D);
+    linear(ly.v, pre + "self_attn.v_proj.weight", "v_proj", KV * HD, D);
+    linear(ly.o, pre + "self_attn.o_proj.weight", "o_proj", D, H * HD);
+    dense(ly.post_attn_norm, pre + "post_attention_layernorm.weight", {D}, true, init.norm_std);
+    dense(ly.pre_ff_norm, pre + "pre_feedforward_layernorm.weight", {D}, true, init.norm_std);
+    linear(ly.gate, pre + "mlp.gate_proj.weight", "gate_proj", F, D);
+    linear(ly.up, pre + "mlp.up_proj.weight", "up_proj", F, D);
+    linear(ly.down, pre + "mlp.down_proj.weight", "down_proj", D, F);
+    dense(ly.post_ff_norm, pre + "post_feedforward_layernorm.weight", {D}, true, init.norm_std);
+  }
+  dense(m.final_norm_, "model.norm.weight", {D}, true, init.norm_std);
+  return m;
+}
+
 Var Gemma2Model::var(Tape& tape, Param& p) {
   if (p.grad.defined()) return tape.param(p.value, p.grad, p.name);
   return tape.constant(p.value, p.name);
@@ -217,15 +292,20 @@ ops::LmHeadCeParams Gemma2Model::head_params(const Var& hidden, float grad_scale
   return p;
 }
 
-void Gemma2Model::forward_backward(const Batch& b, float grad_scale, TensorView loss_sum, TensorView n_valid) {
+void Gemma2Model::forward_backward(const Batch& b, float grad_scale, TensorView loss_sum, TensorView n_valid,
+                                   engine::StepTimer* timer) {
+  if (timer) timer->mark(engine::StepMark::kForwardStart);
   Tape tape(*eng_);
   Var hidden = forward(tape, b, /*train=*/true);
+  if (timer) timer->mark(engine::StepMark::kForwardEnd);
   Tensor dhidden = eng_->empty(hidden.shape(), hidden.dtype());
   // The tied head's gradient (full fine-tuning only) comes from the fused op; the gather side comes
   // from the embedding node during backward.
   ops::lm_head_ce(loss_sum, n_valid, dhidden, ops::Accum::kSet, embed_.grad, hidden.t(), embed_.value, b.labels,
                   head_params(hidden, grad_scale), *eng_);
+  if (timer) timer->mark(engine::StepMark::kBackwardStart);
   if (tape.num_nodes() > 0) tape.backward(hidden, dhidden);
+  if (timer) timer->mark(engine::StepMark::kBackwardEnd);
 }
 
 double Gemma2Model::loss_sum(const Batch& b) {

@@ -9,7 +9,9 @@
 #include <vector>
 
 #include "autograd/functions.h"
+#include "engine/step_timer.h"
 #include "models/gemma2_config.h"
+#include "models/gemma2_random.h"
 #include "models/lora.h"
 #include "ops/lm_head_ce.h"
 #include "ops/nf4.h"
@@ -56,6 +58,13 @@ class Gemma2Model {
  public:
   // Loads config.json and the safetensors weights of an HF checkpoint folder.
   static Gemma2Model load(const std::string& dir, Engine& eng, const Gemma2Options& opts);
+  // Builds the model from random weights on the engine's device, no file: the weights load() gives for
+  // write_random_checkpoint(dir, cfg, ck, init) with ck = the compute dtype (f32 when computing in f64).
+  // The same Philox streams, filled on the device by ops::random_normal_fill (CPU: bit-identical; CUDA: up
+  // to the libm ulp of engine/philox.h). With quantize_nf4, each linear weight is filled into one scratch
+  // buffer and quantized from there, so one dense weight is resident at a time.
+  static Gemma2Model random(const Gemma2Config& cfg, Engine& eng, const Gemma2Options& opts,
+                            const RandomInit& init);
 
   const Gemma2Config& config() const { return cfg_; }
   const Gemma2Options& options() const { return opts_; }
@@ -66,7 +75,9 @@ class Gemma2Model {
   // Forward, fused LM head + softcap + CE, and backward. loss_sum (f32 scalar) += sum of token CE;
   // n_valid (i32 scalar) += label count. Gradients are scaled by grad_scale (the trainer's
   // loss_scale / N_total) and accumulate into the trainable parameters' grads.
-  void forward_backward(const Batch& b, float grad_scale, TensorView loss_sum, TensorView n_valid);
+  // timer (optional): marks forward start/end (end = before the head), backward start/end.
+  void forward_backward(const Batch& b, float grad_scale, TensorView loss_sum, TensorView n_valid,
+                        engine::StepTimer* timer = nullptr);
   // Sum of token CE over the batch (no gradients); synchronizes. For evaluation and tests.
   double loss_sum(const Batch& b);
   // softcapped logits (N, V) in the compute dtype, as HF's model(...).logits (inference; no tape).

@@ -40,7 +40,8 @@ Optimizer::Optimizer(engine::Engine& eng, Tensor params, Tensor grads, const Opt
   scaler_.enabled = cfg_.loss_scaling;
 }
 
-StepResult Optimizer::step() {
+StepResult Optimizer::step(engine::StepTimer* timer) {
+  if (timer) timer->mark(engine::StepMark::kOptimizerStart);
   StepResult r;
   const float S = scaler_.current();
   eng_.zero(sumsq_);
@@ -61,6 +62,7 @@ StepResult Optimizer::step() {
   ap.step = int(opt_steps_ + 1);
   ops::adamw_step(params_, m_, v_, grads_, gscale_, found_inf_, ap, eng_);
   eng_.zero(grads_);
+  if (timer) timer->mark(engine::StepMark::kOptimizerEnd);
   eng_.copy(host_f_, norm_);
   eng_.copy(host_i_, found_inf_);
   eng_.synchronize();

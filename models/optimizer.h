@@ -11,6 +11,7 @@
 #include "engine/engine.h"
 #include "engine/managed_buffer.h"
 #include "engine/schedule.h"
+#include "engine/step_timer.h"
 
 namespace models {
 
@@ -39,7 +40,8 @@ class Optimizer {
   int64_t steps_taken() const { return opt_steps_; }  // non-skipped steps (AdamW's and the schedule's t)
   int64_t skipped_steps() const { return scaler_.skipped_steps; }
   // Unscale, clip, check, update, zero the gradients. Synchronizes once (reads found_inf and the norm).
-  StepResult step();
+  // timer (optional): marks optimizer start/end around the device work, before the host read.
+  StepResult step(engine::StepTimer* timer = nullptr);
 
   // Checkpoint: optimizer.safetensors (exp_avg, exp_avg_sq) + the counters as JSON text.
   void save(const std::string& dir) const;
