@@ -157,6 +157,10 @@ int main(int argc, char** argv) {
       tok = std::make_unique<Tokenizer>(Tokenizer::from_file(tokenizer_path));
     }
 
+    // Check the cheap inputs before loading the model.
+    const models::LoraSpec spec = adapter.empty() ? models::LoraSpec{} : read_adapter_spec(adapter);
+    const std::vector<int32_t> prompt_ids = prompt_ids_s.empty() ? std::vector<int32_t>{} : parse_ids(prompt_ids_s);
+
     Engine eng({cpu ? Backend::kCPU : Backend::kAuto});
     std::fprintf(stderr, "%s\n", eng.describe().c_str());
     models::Gemma2Options o;
@@ -165,7 +169,7 @@ int main(int argc, char** argv) {
     models::Gemma2Model model = models::Gemma2Model::load(model_dir, eng, o);
     std::unique_ptr<models::LoraAdapters> lora;
     if (!adapter.empty()) {
-      const models::LoraSpec ls = read_adapter_spec(adapter);
+      const models::LoraSpec& ls = spec;
       lora = std::make_unique<models::LoraAdapters>(model.config(), ls, eng);
       lora->load_peft(adapter);
       model.attach_lora(lora.get(), 0);
@@ -188,7 +192,7 @@ int main(int argc, char** argv) {
     };
 
     if (!prompt_ids_s.empty()) {
-      const models::GenerateResult r = gen.generate(parse_ids(prompt_ids_s), go, stream);
+      const models::GenerateResult r = gen.generate(prompt_ids, go, stream);
       report(r);
     } else if (interactive) {
       models::ChatSession chat(gen, *tok, raw);

@@ -1,8 +1,9 @@
 // tests/models/generate_gpu_test.cpp (label gpu): generation on CUDA against the CPU backend on tiny random
 // Gemma-2 models: greedy tokens equal for 24 tokens in f32 (dense, and NF4 + LoRA), the decode logits of each
 // step close to the CPU ones, and the CUDA KV-cached logits close to the CUDA no-cache forward. The weights are
-// large enough (std 0.3) that the top two logits differ by far more than f32 summation-order noise, so an
-// argmax flip means a bug, not a near-tie; the CPU side checks that margin itself.
+// large enough (std 0.3, norm weights std 2) that the top two logits differ by far more than f32 summation-order
+// noise (on the CPU: at least 0.017 over the 25 steps, 13 distinct tokens dense / 7 with NF4 + LoRA), so an
+// argmax flip means a bug, not a near-tie; the test checks that margin itself.
 #include <cmath>
 
 #include "engine/philox.h"
@@ -54,7 +55,7 @@ TEST_P(GenerateGpu, GreedyTokensEqualCpu) {
   test::TempDir tmp;
   Gemma2Config c = tiny_config(64, 96, 3, 4, 2, 16, 97);
   c.sliding_window = 5;  // the sliding layers 0 and 2 drop keys inside the 30-token sequence
-  write_random_checkpoint(tmp.path(), c, DType::kF32, RandomInit{21, 0.3, 0.2});
+  write_random_checkpoint(tmp.path(), c, DType::kF32, RandomInit{3, 0.3, 2.0});
   Engine cpu({engine::Backend::kCPU}), gpu;
   Loaded sc = load(tmp.path(), cpu, DType::kF32, qlora), sg = load(tmp.path(), gpu, DType::kF32, qlora);
   const std::vector<int32_t> prompt = {2, 45, 17, 80, 3, 61};
