@@ -279,6 +279,7 @@ Tensor Gemma2Model::forward_cached(const std::vector<int32_t>& ids, KvCache& cac
   };
   std::vector<int32_t> pos(static_cast<size_t>(n));
   for (int64_t t = 0; t < n; ++t) pos[size_t(t)] = int32_t(p0 + t);
+  train_ = false;  // inference: LoRA dropout off, whatever ran before
   Tape tape(*eng_, /*recording=*/false);
   Var vpos = tape.constant(upload(pos), "positions");
   Var h = autograd::embedding(tape, tape.constant(upload(ids), "ids"), var(tape, embed_),

@@ -81,6 +81,11 @@ TEST_P(KvCacheDecode, EqualsFullForwardAtEveryPosition) {
   // bf16 rounds inside the model, but the CPU backend rounds at the same points per row either way: expect
   // bit-exact equality in both dtypes (tol_for would hide a wrong window by much less than a bf16 ulp).
   for (int64_t prefill : {int64_t(1), int64_t(4), T}) {
+    if (cs.qlora) {  // a training step (LoRA dropout 0.3) first: its dropout must not leak into inference
+      Tensor loss = eng.empty({1}, DType::kF32);
+      eng.zero(loss);
+      m.forward_backward(make_batch(eng, 1, T, ids, {}, ids), 1.f, loss, TensorView{});
+    }
     KvCache cache(eng, c, cs.dtype, T + 2);
     std::vector<double> got = host_values(eng, m.forward_cached({ids.begin(), ids.begin() + prefill}, cache));
     EXPECT_EQ(cache.len, prefill);
