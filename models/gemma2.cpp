@@ -5,6 +5,8 @@
 #include <set>
 
 #include "engine/safetensors.h"
+#include "models/generate.h"
+#include "ops/attention_decode.h"
 #include "ops/elementwise.h"
 #include "ops/lm_head_ce.h"
 #include "ops/matmul.h"
@@ -330,6 +332,72 @@ Tensor Gemma2Model::logits(const Batch& b) {
   p.m = N; p.n = V; p.k = hidden.cols(); p.trans_b = true;
   ops::matmul(out, hidden.t(), embed_.value, p, *eng_);
   if (cfg_.final_logit_softcapping > 0) ops::softcap(out, out, float(cfg_.final_logit_softcapping), *eng_);
+  return out;
+}
+
+Tensor Gemma2Model::forward_cached(const std::vector<int32_t>& ids, KvCache& cache) {
+  const Gemma2Config& c = cfg_;
+  const int64_t n = int64_t(ids.size()), p0 = cache.len, V = c.vocab_size;
+  const int64_t H = c.num_attention_heads, KV = c.num_key_value_heads, HD = c.head_dim;
+  const float eps = float(c.rms_norm_eps);
+  ENGINE_CHECK(n > 0, "forward_cached: no new tokens");
+  ENGINE_CHECK(int64_t(cache.k.size()) == c.num_hidden_layers && int64_t(cache.v.size()) == c.num_hidden_layers &&
+                   cache.dtype == opts_.compute_dtype && cache.k[0].shape() == engine::Shape({cache.max_len, KV * HD}),
+               "forward_cached: the cache (", cache.k.size(), " layers, ", engine::dtype_name(cache.dtype),
+               ") was not made for this model (", c.num_hidden_layers, " layers, KV*HD=", KV * HD, ", ",
+               engine::dtype_name(opts_.compute_dtype), ")");
+  ENGINE_CHECK(p0 + n <= cache.max_len, "forward_cached: ", p0, " cached + ", n, " new tokens exceed the cache's ",
+               cache.max_len, " positions");
+  for (int64_t t = 0; t < n; ++t)  // CUDA's embedding cannot throw: check here
+    ENGINE_CHECK(ids[size_t(t)] >= 0 && ids[size_t(t)] < V, "forward_cached: token id ", ids[size_t(t)],
+                 " at index ", t, " is outside the vocab [0, ", V, ")");
+  auto upload = [&](const std::vector<int32_t>& v) {
+    Tensor h = eng_->empty_host({int64_t(v.size())}, DType::kI32), d = eng_->empty({int64_t(v.size())}, DType::kI32);
+    std::copy(v.begin(), v.end(), h.ptr<int32_t>());
+    eng_->copy(d, h);  // pageable source: staged at once
+    return d;
+  };
+  std::vector<int32_t> pos(static_cast<size_t>(n));
+  for (int64_t t = 0; t < n; ++t) pos[size_t(t)] = int32_t(p0 + t);
+  train_ = false;  // inference: LoRA dropout off, whatever ran before
+  Tape tape(*eng_, /*recording=*/false);
+  Var vpos = tape.constant(upload(pos), "positions");
+  Var h = autograd::embedding(tape, tape.constant(upload(ids), "ids"), var(tape, embed_),
+                              std::sqrt(float(c.hidden_size)), opts_.compute_dtype);
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i) {  // layer_forward with the attention on the cache
+    Layer& L = layers_[size_t(i)];
+    Var x = autograd::rmsnorm(tape, h, var(tape, L.input_norm), eps);
+    Var q = linear(tape, x, L.q, i);
+    Var k = linear(tape, x, L.k, i);
+    Var v = linear(tape, x, L.v, i);
+    q = autograd::rope(tape, q, vpos, H, HD, float(c.rope_theta));
+    k = autograd::rope(tape, k, vpos, KV, HD, float(c.rope_theta));
+    eng_->copy(cache.k[size_t(i)].view().slice_rows(p0, p0 + n), k.t());
+    eng_->copy(cache.v[size_t(i)].view().slice_rows(p0, p0 + n), v.t());
+    ops::AttentionDecodeParams ap;
+    ap.queries = n; ap.past = p0; ap.heads = H; ap.kv_heads = KV; ap.head_dim = HD;
+    ap.scale = c.attn_scale(); ap.softcap = float(c.attn_logit_softcapping);
+    ap.window = c.sliding[size_t(i)] ? c.sliding_window : 0;
+    Var a = tape.output({n, H * HD}, opts_.compute_dtype, "attention", false);
+    ops::attention_decode_forward(a.t(), q.t(), cache.k[size_t(i)], cache.v[size_t(i)], ap, *eng_);
+    Var o = linear(tape, a, L.o, i);
+    Var h1 = autograd::add(tape, h, autograd::rmsnorm(tape, o, var(tape, L.post_attn_norm), eps));
+    Var x2 = autograd::rmsnorm(tape, h1, var(tape, L.pre_ff_norm), eps);
+    Var g = linear(tape, x2, L.gate, i);
+    Var u = linear(tape, x2, L.up, i);
+    Var d = linear(tape, autograd::geglu(tape, g, u), L.down, i);
+    h = autograd::add(tape, h1, autograd::rmsnorm(tape, d, var(tape, L.post_ff_norm), eps));
+  }
+  cache.len = p0 + n;
+  // Only the last token's hidden state is needed: final norm and head on one row.
+  const TensorView last = h.t().slice_rows(n - 1, n);
+  Tensor hn = eng_->empty(last.shape, last.dtype), rstd = eng_->empty({1}, DType::kF32);
+  ops::rmsnorm_forward(hn, rstd, last, final_norm_.value, ops::RmsNormParams{1, c.hidden_size, eps}, *eng_);
+  Tensor out = eng_->empty({1, V}, hn.dtype());
+  ops::MatmulParams p;
+  p.m = 1; p.n = V; p.k = c.hidden_size; p.trans_b = true;
+  ops::matmul(out, hn, embed_.value, p, *eng_);
+  if (c.final_logit_softcapping > 0) ops::softcap(out, out, float(c.final_logit_softcapping), *eng_);
   return out;
 }
 

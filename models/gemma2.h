@@ -41,6 +41,8 @@ struct Batch {
 Batch make_batch(Engine& eng, int64_t B, int64_t T, const std::vector<int32_t>& ids,
                  const std::vector<int32_t>& attention_mask, const std::vector<int32_t>& labels);
 
+struct KvCache;  // models/generate.h
+
 struct Gemma2Options {
   DType compute_dtype = DType::kF32;  // activations and dense weights: f32, bf16 or f16
   bool train_base = false;            // full fine-tuning: every parameter trainable (f32 grads)
@@ -68,6 +70,7 @@ class Gemma2Model {
 
   const Gemma2Config& config() const { return cfg_; }
   const Gemma2Options& options() const { return opts_; }
+  Engine& engine() const { return *eng_; }
 
   // The final-normed hidden states (N, D). `train`: LoRA dropout active (nn.Module.train()); a recomputed
   // (checkpointed) layer replays the same masks.
@@ -82,6 +85,11 @@ class Gemma2Model {
   double loss_sum(const Batch& b);
   // softcapped logits (N, V) in the compute dtype, as HF's model(...).logits (inference; no tape).
   Tensor logits(const Batch& b);
+  // Generation (models/generate.h): runs the new tokens `ids` at positions cache.len.., appends their keys
+  // (after RoPE) and values to the cache, attends over the whole cache (ops/attention_decode.h) and returns
+  // the softcapped logits (1, V) of the LAST new token in the compute dtype. No tape; LoRA adapters apply
+  // (dropout off). Throws when the cache cannot hold them or an id is outside the vocab.
+  Tensor forward_cached(const std::vector<int32_t>& ids, KvCache& cache);
 
   // Adapters to apply (nullptr: none); `seed` keys their dropout masks. The model does not own them.
   void attach_lora(const LoraAdapters* lora, uint64_t dropout_seed);
