@@ -258,10 +258,14 @@ Var Gemma2Model::layer_forward(Tape& tape, const Var& h, int64_t i, const Batch&
   ap.batch = b.batch; ap.seq = b.seq; ap.heads = c.num_attention_heads; ap.kv_heads = c.num_key_value_heads;
   ap.head_dim = c.head_dim; ap.scale = c.attn_scale(); ap.softcap = float(c.attn_logit_softcapping);
   ap.window = c.sliding[size_t(i)] ? c.sliding_window : 0;
-  Var a = autograd::attention(tape, q, k, v, mask, ap);
-  Var o = linear(tape, a, L.o, i);
-  Var h1 = autograd::add(tape, h, autograd::rmsnorm(tape, o, var(tape, L.post_attn_norm), eps));
+  return layer_tail(tape, h, autograd::attention(tape, q, k, v, mask, ap), i);
+}
 
+Var Gemma2Model::layer_tail(Tape& tape, const Var& h, const Var& attn, int64_t i) {
+  Layer& L = layers_[size_t(i)];
+  const float eps = float(cfg_.rms_norm_eps);
+  Var o = linear(tape, attn, L.o, i);
+  Var h1 = autograd::add(tape, h, autograd::rmsnorm(tape, o, var(tape, L.post_attn_norm), eps));
   Var x2 = autograd::rmsnorm(tape, h1, var(tape, L.pre_ff_norm), eps);
   Var g = linear(tape, x2, L.gate, i);
   Var u = linear(tape, x2, L.up, i);
@@ -380,13 +384,7 @@ Tensor Gemma2Model::forward_cached(const std::vector<int32_t>& ids, KvCache& cac
     ap.window = c.sliding[size_t(i)] ? c.sliding_window : 0;
     Var a = tape.output({n, H * HD}, opts_.compute_dtype, "attention", false);
     ops::attention_decode_forward(a.t(), q.t(), cache.k[size_t(i)], cache.v[size_t(i)], ap, *eng_);
-    Var o = linear(tape, a, L.o, i);
-    Var h1 = autograd::add(tape, h, autograd::rmsnorm(tape, o, var(tape, L.post_attn_norm), eps));
-    Var x2 = autograd::rmsnorm(tape, h1, var(tape, L.pre_ff_norm), eps);
-    Var g = linear(tape, x2, L.gate, i);
-    Var u = linear(tape, x2, L.up, i);
-    Var d = linear(tape, autograd::geglu(tape, g, u), L.down, i);
-    h = autograd::add(tape, h1, autograd::rmsnorm(tape, d, var(tape, L.post_ff_norm), eps));
+    h = layer_tail(tape, h, a, i);
   }
   cache.len = p0 + n;
   // Only the last token's hidden state is needed: final norm and head on one row.

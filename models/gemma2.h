@@ -114,6 +114,8 @@ class Gemma2Model {
   Var linear(Tape& tape, const Var& x, Linear& w, int64_t layer);
   Gemma2Model(Gemma2Config cfg, Engine& eng, Gemma2Options opts) : cfg_(std::move(cfg)), eng_(&eng), opts_(opts) {}
   Var layer_forward(Tape& tape, const Var& h, int64_t i, const Batch& b);
+  // o_proj, post-attention norm and residual, then the MLP block with its norms and residual.
+  Var layer_tail(Tape& tape, const Var& h, const Var& attn, int64_t i);
   Var var(Tape& tape, Param& p);
   ops::LmHeadCeParams head_params(const Var& hidden, float grad_scale) const;
 
