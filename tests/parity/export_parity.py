@@ -19,7 +19,9 @@ import argparse, json, os, subprocess, sys, tempfile
 
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, Gemma2Config, Gemma2ForCausalLM
+from transformers import AutoModelForCausalLM
+
+from hf_oracle import gemma2_model, padded_batch, rel
 
 # D, F, L, H, KV, HD, V, T, window
 DIMS = (64, 128, 2, 4, 2, 16, 101, 11, 8)
@@ -30,37 +32,11 @@ TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down
 
 def make_model(seed):
     D, F, L, H, KV, HD, V, T, W = DIMS
-    cfg = Gemma2Config(vocab_size=V, hidden_size=D, intermediate_size=F, num_hidden_layers=L,
-                       num_attention_heads=H, num_key_value_heads=KV, head_dim=HD, max_position_embeddings=512,
-                       rms_norm_eps=1e-6, rope_theta=10000.0, attn_logit_softcapping=50.0,
-                       final_logit_softcapping=30.0, query_pre_attn_scalar=HD, sliding_window=W,
-                       hidden_activation="gelu_pytorch_tanh", tie_word_embeddings=True, pad_token_id=0,
-                       eos_token_id=1, bos_token_id=2)
-    torch.manual_seed(seed)
-    model = Gemma2ForCausalLM._from_config(cfg, attn_implementation="eager").float()
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            p.normal_(0, 0.2 if "norm" in n else 0.15)
-    return model
+    return gemma2_model(D, F, L, H, KV, HD, V, W, seed)
 
 
 def make_batch(seed):
-    V, T = DIMS[6], DIMS[7]
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(3, V, (2, T), generator=g)
-    ids[:, 0] = 2
-    mask = torch.ones(2, T, dtype=torch.long)
-    mask[1, -3:] = 0
-    ids[1, -3:] = 0
-    labels = ids.clone()
-    labels[mask == 0] = -100
-    return ids, mask, labels
-
-
-def rel(a, b):
-    a, b = a.detach().double().cpu(), b.detach().double().cpu()
-    d = (a - b).abs().max().item()
-    return d, d / max(b.abs().max().item(), 1e-30)
+    return padded_batch(DIMS[6], DIMS[7], seed)
 
 
 def hf_logits(export_dir, ids, mask, real, dtype=torch.float32):

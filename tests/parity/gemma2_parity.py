@@ -16,7 +16,8 @@ import argparse, json, os, subprocess, sys, tempfile
 
 import torch
 from safetensors.torch import load_file
-from transformers import Gemma2Config, Gemma2ForCausalLM
+
+from hf_oracle import gemma2_model, padded_batch, rel
 
 CASES = [
     # name, D, F, L, H, KV, HD, V, T, window, attn cap, final cap
@@ -31,36 +32,11 @@ STEPS, LR, WARMUP, CLIP, WD = 5, 1e-2, 1, 0.3, 0.001
 
 def make_model(case, seed):
     name, D, F, L, H, KV, HD, V, T, W, acap, fcap = case
-    cfg = Gemma2Config(vocab_size=V, hidden_size=D, intermediate_size=F, num_hidden_layers=L,
-                       num_attention_heads=H, num_key_value_heads=KV, head_dim=HD, max_position_embeddings=512,
-                       rms_norm_eps=1e-6, rope_theta=10000.0, attn_logit_softcapping=acap,
-                       final_logit_softcapping=fcap, query_pre_attn_scalar=HD, sliding_window=W,
-                       hidden_activation="gelu_pytorch_tanh", tie_word_embeddings=True, pad_token_id=0,
-                       eos_token_id=1, bos_token_id=2)
-    torch.manual_seed(seed)
-    model = Gemma2ForCausalLM._from_config(cfg, attn_implementation="eager").float()
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            p.normal_(0, 0.2 if "norm" in n else 0.15)
-    return model
+    return gemma2_model(D, F, L, H, KV, HD, V, W, seed, attn_cap=acap, final_cap=fcap)
 
 
 def batch(case, seed):
-    V, T = case[7], case[8]
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(3, V, (2, T), generator=g)
-    ids[:, 0] = 2
-    mask = torch.ones(2, T, dtype=torch.long)
-    mask[1, -3:] = 0
-    ids[1, -3:] = 0
-    labels = ids.clone()
-    labels[mask == 0] = -100
-    return ids, mask, labels
-
-
-def rel(a, b):
-    a, b = a.detach().double().cpu(), b.detach().double().cpu()
-    return (a - b).abs().max().item(), (a - b).abs().max().item() / max(b.abs().max().item(), 1e-30)
+    return padded_batch(case[7], case[8], seed)
 
 
 def run_dump(args, model_dir, bfile, out, backend, extra):

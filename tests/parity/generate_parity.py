@@ -21,7 +21,8 @@ Exit status 1 on a mismatch.
 import argparse, os, subprocess, sys, tempfile
 
 import torch
-from transformers import Gemma2Config, Gemma2ForCausalLM
+
+from hf_oracle import gemma2_model
 
 CASES = [
     # name, D, F, L, H, KV, HD, V, window, prompt length
@@ -34,19 +35,9 @@ TIE = 1e-4
 
 def make_model(case, seed):
     name, D, F, L, H, KV, HD, V, W, _ = case
-    cfg = Gemma2Config(vocab_size=V, hidden_size=D, intermediate_size=F, num_hidden_layers=L,
-                       num_attention_heads=H, num_key_value_heads=KV, head_dim=HD, max_position_embeddings=512,
-                       rms_norm_eps=1e-6, rope_theta=10000.0, attn_logit_softcapping=50.0,
-                       final_logit_softcapping=30.0, query_pre_attn_scalar=HD, sliding_window=W,
-                       hidden_activation="gelu_pytorch_tanh", tie_word_embeddings=True, pad_token_id=0,
-                       eos_token_id=1, bos_token_id=2)
-    torch.manual_seed(seed)
-    model = Gemma2ForCausalLM._from_config(cfg, attn_implementation="eager").float()
     # Norm weights (scale 1 + w) of std 2 let the layers, not the tied embedding's echo of the last input token,
     # pick the next token: greedy output varies instead of repeating one token (as the C++ tests found).
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            p.normal_(0, 2.0 if "norm" in n else 0.3)
+    model = gemma2_model(D, F, L, H, KV, HD, V, W, seed, w_std=0.3, norm_std=2.0)
     model.eval()
     return model
 
