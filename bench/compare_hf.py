@@ -28,7 +28,7 @@ cudaMemGetInfo-based device use at the end.
   python3 bench/compare_hf.py --table results.jsonl     # side-by-side table of bench_train + this script
 Prints one summary line and one JSON line in bench_train's format ("stack": "hf").
 """
-import argparse, json, math, os, statistics, sys, time
+import argparse, json, os, statistics, sys, time
 
 PRESETS = {
     "gemma2-2b": dict(hidden=2304, intermediate=9216, layers=26, heads=8, kv_heads=4, head_dim=256, vocab=256000),
