@@ -72,6 +72,15 @@ class TestTensor {
   TensorView view_;
 };
 
+// A view of n f32 elements starting `off` elements into t (off = 1 breaks 16-byte alignment, so kernels
+// take their scalar path).
+inline TensorView f32_at(const TestTensor& t, int64_t off, int64_t n) {
+  TensorView v = t.view();
+  v.data = static_cast<float*>(v.data) + off;
+  v.shape = Shape{n};
+  return v;
+}
+
 struct Tol {
   double atol, rtol;
 };

@@ -9,14 +9,6 @@ namespace {
 
 using namespace test;
 
-// A view of n f32 elements starting `off` elements into t (off = 1 breaks 16-byte alignment).
-TensorView at(const TestTensor& t, int64_t off, int64_t n) {
-  TensorView v = t.view();
-  v.data = static_cast<float*>(v.data) + off;
-  v.shape = Shape{n};
-  return v;
-}
-
 struct AdamWCase {
   int64_t n;
   int64_t off;  // element offset of every buffer: 0 takes the float4 path, 1 the scalar path
@@ -44,7 +36,7 @@ TEST_P(AdamWGpu, StepsMatchCpuBitForBit) {
       a.lr = t == 1 ? 0.f : 5e-4f;  // warmup: the first step has lr = 0 (SPEC.md §5.8)
       a.weight_decay = 0.001f;
       a.step = t;
-      ops::adamw_step(at(p, off, n), at(m, off, n), at(v, off, n), at(g, off, n), gs, inf, a, eng);
+      ops::adamw_step(f32_at(p, off, n), f32_at(m, off, n), f32_at(v, off, n), f32_at(g, off, n), gs, inf, a, eng);
     }
     EXPECT_GUARDS_INTACT(p); EXPECT_GUARDS_INTACT(m); EXPECT_GUARDS_INTACT(v);
     auto tail = [&](const TestTensor& t) {

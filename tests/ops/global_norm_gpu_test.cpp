@@ -11,13 +11,6 @@ namespace {
 
 using namespace test;
 
-TensorView at(const TestTensor& t, int64_t off, int64_t n) {
-  TensorView v = t.view();
-  v.data = static_cast<float*>(v.data) + off;
-  v.shape = Shape{n};
-  return v;
-}
-
 struct NormCase {
   int64_t n;
   int64_t off;  // 0: float4 path, 1: misaligned scalar path
@@ -33,12 +26,12 @@ TEST_P(GlobalNormGpu, SumOfSquaresMatchesF64AndIsDeterministic) {
   const std::vector<double> xv = random_normal(n + off, 1, 65.536);
   TestTensor xc(eng, Device::kCPU, {n + off}, DType::kF32, xv), xg(eng, Device::kCUDA, {n + off}, DType::kF32, xv);
   TestTensor ref(eng, Device::kCPU, {1}, DType::kF32, {0.0});
-  ops::global_norm_sumsq(ref, at(xc, off, n), {}, eng);
+  ops::global_norm_sumsq(ref, f32_at(xc, off, n), {}, eng);
   const int64_t ws_floats = int64_t(ops::global_norm_workspace_bytes(n) / sizeof(float));
   TestTensor ws(eng, Device::kCUDA, {ws_floats}, DType::kF32);
   auto run = [&] {
     TestTensor ss(eng, Device::kCUDA, {1}, DType::kF32, {0.0});
-    ops::global_norm_sumsq(ss, at(xg, off, n), ws, eng);
+    ops::global_norm_sumsq(ss, f32_at(xg, off, n), ws, eng);
     EXPECT_GUARDS_INTACT(ss);
     return ss.values()[0];
   };
@@ -50,8 +43,8 @@ TEST_P(GlobalNormGpu, SumOfSquaresMatchesF64AndIsDeterministic) {
   EXPECT_GUARDS_INTACT(ws);
   // += : a second view adds to the same scalar; s + s is exact.
   TestTensor ss(eng, Device::kCUDA, {1}, DType::kF32, {0.0});
-  ops::global_norm_sumsq(ss, at(xg, off, n), ws, eng);
-  ops::global_norm_sumsq(ss, at(xg, off, n), ws, eng);
+  ops::global_norm_sumsq(ss, f32_at(xg, off, n), ws, eng);
+  ops::global_norm_sumsq(ss, f32_at(xg, off, n), ws, eng);
   EXPECT_EQ(ss.values()[0], 2 * a);
 }
 
