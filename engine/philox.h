@@ -40,8 +40,11 @@ ENGINE_HD uint32_t philox_u32(uint64_t seed, uint64_t stream, uint64_t index) {
   return r.v[index & 3];
 }
 
+// 24 random bits of a word -> [0, 1).
+ENGINE_HD float philox_unit(uint32_t word) { return float(word >> 8) * (1.0f / 16777216.0f); }
+
 ENGINE_HD float philox_uniform(uint64_t seed, uint64_t stream, uint64_t index) {
-  return float(philox_u32(seed, stream, index) >> 8) * (1.0f / 16777216.0f);
+  return philox_unit(philox_u32(seed, stream, index));
 }
 
 // Standard normal: Box-Muller on words 0/1 (even index) or 2/3 (odd index) of counter index/2.

@@ -27,8 +27,7 @@ __global__ void dropout_kernel(TO* out, bool accumulate, const TI* in, DropoutPa
     for (int w = 0; w < 4; ++w) {
       const int64_t i = int64_t(4 * c + w - p.offset);  // element index; index 4c+w of the stream
       if (i < 0 || i >= p.n) continue;
-      // Same mapping as engine::philox_uniform: 24 random bits -> [0, 1).
-      const bool keep = !kDrop || float(r.v[w] >> 8) * (1.0f / 16777216.0f) >= p.p;
+      const bool keep = !kDrop || engine::philox_unit(r.v[w]) >= p.p;  // as engine::philox_uniform
       float v = keep ? __fmul_rn(to_f32(in[i]), scale) : 0.f;
       if (accumulate) v = __fadd_rn(v, to_f32(out[i]));
       out[i] = from_f32<TO>(v);

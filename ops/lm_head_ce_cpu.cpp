@@ -29,7 +29,7 @@ void lm_head_ce(TensorView loss_sum, TensorView n_valid, TensorView dhidden, Acc
   }
   // kRows rows at a time: their logit accumulators stay in registers and each element of E is converted
   // once per block; the dhidden sums run over k-tiles of kTile columns that stay in L1.
-  constexpr int64_t kRows = 8, kTile = 256;
+  constexpr int64_t kRows = 32, kTile = 256;
   std::vector<double> e(D), ht(D * kRows), x(kRows * V), slope(V), dh(kRows * kTile);
   double loss = 0;
   int64_t valid = 0;
