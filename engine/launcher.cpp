@@ -70,12 +70,12 @@ EngineOptions rank_engine_options(const DistEnv& env, Backend backend, int devic
   EngineOptions o;
   o.backend = backend;
   if (env.world_size == 1) return o;
-  ENGINE_CHECK(backend != Backend::kCPU && device_count > 0, "rank ", env.rank, ": data parallel (WORLD_SIZE=",
+  ENGINE_CHECK(backend != Backend::kCPU && device_count > 0, "data parallel (WORLD_SIZE=",
                env.world_size, ") needs CUDA and NCCL, ",
                backend == Backend::kCPU ? "but the CPU backend was requested (--cpu)"
                                         : "but no CUDA device was found",
                "; the CPU backend trains in one process");
-  ENGINE_CHECK(env.local_rank < device_count, "rank ", env.rank, ": LOCAL_RANK=", env.local_rank, " but this host has ",
+  ENGINE_CHECK(env.local_rank < device_count, "LOCAL_RANK=", env.local_rank, " but this host has ",
                device_count, " CUDA device(s) (one process per GPU: at most ", device_count, " ranks per host)");
   o.backend = Backend::kCUDA;
   o.device_ordinal = env.local_rank;

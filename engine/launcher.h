@@ -30,7 +30,7 @@ DistEnv dist_env_from(const std::function<const char*(const char*)>& get = nullp
 
 // The engine options of a rank: one process keeps `backend`; a rank of world size > 1 takes CUDA device
 // LOCAL_RANK. Throws engine::Error for world size > 1 on the CPU backend (forced or no device: data parallel
-// needs CUDA + NCCL) and when LOCAL_RANK >= device_count (naming the count).
+// needs CUDA + NCCL) and when LOCAL_RANK >= device_count (naming the count). Callers prefix the rank.
 EngineOptions rank_engine_options(const DistEnv& env, Backend backend, int device_count);
 
 struct LaunchOptions {
