@@ -2,6 +2,8 @@
 
 #include <cstring>
 
+#include "engine/comm.h"
+
 namespace engine {
 
 int cuda_device_count() {
@@ -28,11 +30,23 @@ Engine::Engine(EngineOptions opts) {
 }
 
 Engine::~Engine() {
+  comm_.reset();  // ncclCommAbort before the stream sync below, which an NCCL kernel could otherwise block
   if (is_cuda()) cudaStreamSynchronize(stream());
   blas_.reset();
   stream_.reset();
   cuda_alloc_.reset();
 }
+
+void Engine::init_data_parallel(int rank, int world_size, const std::string& unique_id, double timeout_s) {
+  ENGINE_CHECK(comm_ == nullptr, "init_data_parallel: rank ", rank, ": already initialised");
+  if (world_size == 1) return;
+  ENGINE_CHECK(is_cuda(), "data parallel (world size ", world_size, ") needs the CUDA backend and NCCL; rank ", rank,
+               " runs on the CPU backend");
+  comm_ = std::make_unique<Communicator>(rank, world_size, unique_id, timeout_s);
+}
+
+int Engine::rank() const { return comm_ ? comm_->rank() : 0; }
+int Engine::world_size() const { return comm_ ? comm_->world_size() : 1; }
 
 CublasLt& Engine::blas() {
   ENGINE_CHECK(blas_ != nullptr, "cuBLASLt requested on the CPU backend");

@@ -14,6 +14,8 @@
 
 namespace engine {
 
+class Communicator;  // engine/comm.h (NCCL stays out of this header)
+
 enum class Backend { kAuto, kCPU, kCUDA };
 
 struct EngineOptions {
@@ -47,6 +49,14 @@ class Engine {
   void synchronize();
   std::string describe() const;  // one line: backend, device name, memory
 
+  // Data parallel (one process per GPU): joins the NCCL communicator of `world_size` ranks with the unique
+  // id rank 0 made (Communicator::get_unique_id, handed out by engine/rendezvous.h). world_size 1 creates
+  // nothing. Throws engine::Error on the CPU backend with world_size > 1 (data parallel needs CUDA + NCCL).
+  void init_data_parallel(int rank, int world_size, const std::string& unique_id, double timeout_s = 600);
+  Communicator* comm() { return comm_.get(); }  // nullptr unless world_size > 1
+  int rank() const;        // 0 without a communicator
+  int world_size() const;  // 1 without a communicator
+
  private:
   Device device_ = Device::kCPU;
   cudaDeviceProp props_{};
@@ -54,6 +64,7 @@ class Engine {
   std::unique_ptr<CudaCachingAllocator> cuda_alloc_;
   std::unique_ptr<Stream> stream_;
   std::unique_ptr<CublasLt> blas_;
+  std::unique_ptr<Communicator> comm_;  // aborted first in ~Engine: a kernel stuck on a dead peer ends
 };
 
 }  // namespace engine

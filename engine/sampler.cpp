@@ -82,6 +82,16 @@ std::vector<std::vector<int64_t>> Sampler::epoch(int64_t e) const {
   return out;
 }
 
+std::vector<std::vector<int64_t>> Sampler::global_epoch(int64_t e) const {
+  const std::vector<int64_t> order = global_order(e);
+  const int64_t n = size(), global = batch_ * world_;
+  std::vector<std::vector<int64_t>> out;
+  out.reserve(size_t(micro_batches_per_epoch()));
+  for (int64_t start = 0; start < n; start += global)
+    out.emplace_back(order.begin() + start, order.begin() + std::min(start + global, n));
+  return out;
+}
+
 int64_t Sampler::micro_batches_per_epoch() const {
   const int64_t global = batch_ * world_;
   return (size() + global - 1) / global;

@@ -30,6 +30,10 @@ class Sampler {
   // This rank's micro-batches of example indices for epoch e, in order. Optimizer step s uses
   // micro-batches [s*grad_accum, (s+1)*grad_accum); the last step of an epoch may have fewer.
   std::vector<std::vector<int64_t>> epoch(int64_t e) const;
+  // The GLOBAL micro-batches of epoch e: micro-batch j holds every rank's slice of it, in rank order (what
+  // one rank with batch world_size * per_device_batch would run). The trainer counts a window's label
+  // tokens over all ranks from it, with no communication.
+  std::vector<std::vector<int64_t>> global_epoch(int64_t e) const;
 
   // ceil(n / (per_device_batch * world_size)), the same on every rank. For world_size = 1 this is
   // transformers' len_dataloader = ceil(n / per_device_bs); for W > 1 it equals accelerate's per-process

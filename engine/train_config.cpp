@@ -286,6 +286,8 @@ const std::vector<Field>& fields() {
             "recompute activations in backward to save memory"),
       field("training.resume_from_checkpoint", &C::training, &T::resume_from_checkpoint,
             "empty, latest (newest in output_dir) or a checkpoint folder"),
+      field("training.ddp_timeout", &C::training, &T::ddp_timeout,
+            "data parallel: seconds without a finished optimizer step before the job is ended"),
   };
   return table;
 }
@@ -592,6 +594,7 @@ void validate(const TrainConfig& c, Reader& r) {
             str_cat("must be >= 1 or null, got ", *t.save_total_limit));
   }
   r.check(t.seed >= 0, "training.seed", str_cat("must be >= 0, got ", t.seed));
+  r.check(t.ddp_timeout > 0, "training.ddp_timeout", str_cat("must be > 0, got ", number_text(t.ddp_timeout)));
 }
 
 }  // namespace

@@ -76,6 +76,7 @@ struct TrainingConfig {
   std::string report_to = "tensorboard";          // tensorboard | none
   bool gradient_checkpointing = false;            // recompute layer activations in backward
   std::string resume_from_checkpoint;             // "" | "latest" (newest in output_dir) | a checkpoint path
+  double ddp_timeout = 1800;                      // data parallel: seconds without a finished step end the job
 };
 
 struct TrainConfig {

@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <nlohmann/json.hpp>
 
+#include "engine/comm.h"
 #include "engine/device_info.h"
 #include "engine/philox.h"
 #include "models/gemma2.h"
@@ -99,7 +100,7 @@ TrainFlops train_flops_per_token(const Gemma2Config& c, int64_t seq, int64_t n_l
 }
 
 TrainBenchResult run_train_bench(const TrainBenchConfig& cfg, engine::Engine& eng,
-                                 const std::function<void(const std::string&)>& log) {
+                                 const std::function<void(const std::string&)>& log, engine::DataParallel* dp) {
   cfg.validate();
   TrainBenchResult r;
   r.cfg = cfg;
@@ -130,12 +131,16 @@ TrainBenchResult run_train_bench(const TrainBenchConfig& cfg, engine::Engine& en
   r.managed_bytes = oc.paged ? size_t(2 * lora.num_params()) * sizeof(float) : 0;
 
   // Every micro-batch's tokens, made and uploaded before the loop: uniform ids, full length, labels = ids.
+  // Rank r of W draws global micro-batch s * W + r (one rank: micro-batch s, as before data parallel).
+  engine::Communicator* comm = eng.comm();
+  const int W = eng.world_size(), rank = eng.rank();
+  r.world_size = W;
   const int64_t B = cfg.batch, T = cfg.seq, GA = cfg.grad_accum, V = cfg.model.vocab_size;
   std::vector<Batch> batches;
   for (int64_t s = 0; s < total * GA; ++s) {
     std::vector<int32_t> ids(size_t(B * T));
     for (size_t i = 0; i < ids.size(); ++i)
-      ids[i] = int32_t(engine::philox_u32(cfg.seed, 0x746f6b656e73ull + uint64_t(s), i) % uint64_t(V));
+      ids[i] = int32_t(engine::philox_u32(cfg.seed, 0x746f6b656e73ull + uint64_t(s * W + rank), i) % uint64_t(V));
     batches.push_back(make_batch(eng, B, T, ids, {}, ids));
   }
   Tensor loss_sum = eng.empty({1}, DType::kF32), n_valid = eng.empty({1}, DType::kI32);
@@ -149,7 +154,7 @@ TrainBenchResult run_train_bench(const TrainBenchConfig& cfg, engine::Engine& en
                         " LoRA params; ", r.flops.model_per_token * 1e-9, " GFLOP/token"));
 
   engine::StepTimer timer(eng);
-  const int64_t n_labels = B * (T - 1) * GA;  // shifted targets, no padding
+  const int64_t n_labels = B * (T - 1) * GA * W;  // shifted targets of all ranks, no padding
   std::vector<double> fwd, head, bwd, optim, span;
   uint64_t micro = 0;
   for (int64_t s = 0; s < total; ++s) {
@@ -158,12 +163,16 @@ TrainBenchResult run_train_bench(const TrainBenchConfig& cfg, engine::Engine& en
     eng.zero(n_valid);
     const float scale = opt.loss_scale() / float(n_labels);
     for (int64_t g = 0; g < GA; ++g) {
-      model.set_micro_step(micro);
+      model.set_micro_step(micro * uint64_t(W) + uint64_t(rank));
       model.forward_backward(batches[size_t(s * GA + g)], scale, loss_sum, n_valid, &timer);
       ++micro;
     }
+    if (comm)  // as the Trainer: one group, gradients + loss sum, summed (each rank divided by the global N)
+      comm->all_reduce_sum_f32({{lora.grads().ptr<float>(), size_t(lora.num_params())}, {loss_sum.ptr<float>(), 1}},
+                               eng.stream());
     eng.copy(host_loss, loss_sum);
     const StepResult sr = opt.step(&timer);  // the step's one host sync
+    if (dp) dp->heartbeat();
     const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     const engine::StepTimes st = timer.read();
     const double loss = double(host_loss.ptr<float>()[0]) / double(n_labels);
@@ -189,7 +198,8 @@ TrainBenchResult run_train_bench(const TrainBenchConfig& cfg, engine::Engine& en
   }
   r.skipped_steps = opt.skipped_steps();
   r.step_median_s = median(r.step_s);
-  r.tokens_per_s = double(r.tokens_per_step) / r.step_median_s;
+  r.tokens_per_s = double(r.tokens_per_step) * W / r.step_median_s;
+  r.tokens_per_s_per_gpu = r.tokens_per_s / W;
   r.median.forward_s = median(fwd);
   r.median.head_s = median(head);
   r.median.backward_s = median(bwd);
@@ -204,8 +214,8 @@ TrainBenchResult run_train_bench(const TrainBenchConfig& cfg, engine::Engine& en
     r.device_used_bytes = total_b - free_b;
     r.peak_flops_per_s = engine::peak_dense_flops_per_s();
     r.peak_source = engine::peak_dense_flops_source();
-    r.mfu = r.tokens_per_s * r.flops.model_per_token / r.peak_flops_per_s;
-    r.hfu = r.tokens_per_s * r.flops.hardware_per_token / r.peak_flops_per_s;
+    r.mfu = r.tokens_per_s_per_gpu * r.flops.model_per_token / r.peak_flops_per_s;
+    r.hfu = r.tokens_per_s_per_gpu * r.flops.hardware_per_token / r.peak_flops_per_s;
   }
   return r;
 }
@@ -224,13 +234,18 @@ std::string summary_line(const TrainBenchResult& r) {
                 r.median.forward_s * 1e3, r.median.head_s * 1e3, r.median.backward_s * 1e3,
                 r.median.optimizer_s * 1e3, gib(r.peak_alloc_bytes), gib(r.managed_bytes), gib(r.device_used_bytes),
                 r.mfu * 100, r.hfu * 100);
-  return line;
+  if (r.world_size == 1) return line;
+  char dp[96];  // data parallel: the tok/s above is global, MFU per GPU
+  std::snprintf(dp, sizeof(dp), " | %d GPUs, %.0f tok/s per GPU", r.world_size, r.tokens_per_s_per_gpu);
+  return std::string(line) + dp;
 }
 
 std::string json_line(const TrainBenchResult& r) {
   nlohmann::ordered_json j = config_json(r.cfg, r.device);
   j["tokens_per_step"] = r.tokens_per_step;
   j["tokens_per_s"] = r.tokens_per_s;
+  j["world_size"] = r.world_size;
+  j["tokens_per_s_per_gpu"] = r.tokens_per_s_per_gpu;
   j["step_ms"] = r.step_median_s * 1e3;
   j["forward_ms"] = r.median.forward_s * 1e3;
   j["head_ms"] = r.median.head_s * 1e3;

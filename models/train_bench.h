@@ -6,12 +6,16 @@
 //   Reported per configuration: tokens/s from the median step wall time; the median forward / head /
 //   backward / optimizer split from StepTimer (CUDA events, no extra host syncs); peak memory; MFU and HFU
 //   with the ANCHORS.md §4 FLOP count against the card's dense 16-bit peak.
+//   Data parallel (Engine with a communicator, engine/data_parallel.h): every rank runs its own random
+//   tokens, the LoRA gradients are all-reduced over NCCL after each window as in the Trainer; tokens/s is
+//   global (all ranks) and per GPU, MFU per GPU.
 // JSON line fields (bench/compare_hf.py prints the same for the Python stack): see json_line().
 #pragma once
 #include <functional>
 #include <string>
 #include <vector>
 
+#include "engine/data_parallel.h"
 #include "engine/engine.h"
 #include "engine/step_timer.h"
 #include "models/gemma2_config.h"
@@ -51,10 +55,12 @@ struct TrainBenchResult {
   TrainBenchConfig cfg;
   std::string device;                   // card name, or "cpu"
   double build_s = 0;                   // Gemma2Model::random + adapters + optimizer (wall)
-  int64_t tokens_per_step = 0;          // B * T * GA
+  int64_t tokens_per_step = 0;          // B * T * GA (per rank)
+  int world_size = 1;                   // data-parallel ranks
+  double tokens_per_s_per_gpu = 0;      // tokens_per_s / world_size
   std::vector<double> step_s;           // wall time of each timed step (ends with the optimizer's sync)
   std::vector<double> losses;           // every step's mean token loss, warm-up included
-  double step_median_s = 0, tokens_per_s = 0;
+  double step_median_s = 0, tokens_per_s = 0;  // tokens_per_s: all ranks together
   engine::StepTimes median;             // per-phase medians over the timed steps (seconds)
   int64_t skipped_steps = 0;            // fp16 overflow skips
   size_t peak_alloc_bytes = 0;          // the engine allocator's peak since start (model build included)
@@ -66,9 +72,11 @@ struct TrainBenchResult {
   double mfu = 0, hfu = 0;              // 0 on the CPU backend
 };
 
-// Runs the benchmark. `log` (optional) gets one line per step.
+// Runs the benchmark. `log` (optional) gets one line per step. dp (optional): this rank's data-parallel
+// membership (heartbeat per step); the engine's communicator does the all-reduce.
 TrainBenchResult run_train_bench(const TrainBenchConfig& cfg, engine::Engine& eng,
-                                 const std::function<void(const std::string&)>& log = {});
+                                 const std::function<void(const std::string&)>& log = {},
+                                 engine::DataParallel* dp = nullptr);
 
 std::string summary_line(const TrainBenchResult& r);
 // One JSON object on one line: {"stack":"engine", the configuration, the measurements}.

@@ -15,6 +15,8 @@
 #include <nlohmann/json.hpp>
 
 #include "engine/chat_data.h"
+#include "engine/comm.h"
+#include "engine/rendezvous.h"
 #include "engine/safetensors.h"
 #include "engine/sampler.h"
 #include "engine/schedule.h"
@@ -86,35 +88,76 @@ struct LoopState {
   int64_t global_step = 0;  // optimizer steps taken, skipped ones included (HF's global_step)
   int64_t epoch = 0;        // epoch of the next window
   int64_t window = 0;       // index of the next optimizer-step window within that epoch
-  int64_t micro_step = 0;   // micro-batches run so far: keys the dropout masks
+  int64_t micro_step = 0;   // global micro-batches run so far: keys the dropout masks
 };
 
-nlohmann::json state_to_json(const LoopState& s) {
-  return {{"global_step", s.global_step}, {"epoch", s.epoch}, {"window", s.window}, {"micro_step", s.micro_step}};
+// The data position in global terms (independent of the number of ranks): examples of the epoch consumed
+// and the global batch (examples per optimizer step) that consumed them.
+struct DataPosition {
+  int64_t epoch_examples = -1;  // -1: a checkpoint from before data parallel (window is then exact)
+  int64_t global_batch = 0;
+};
+
+nlohmann::json state_to_json(const LoopState& s, const DataPosition& p, int world) {
+  return {{"global_step", s.global_step}, {"epoch", s.epoch},       {"window", s.window},
+          {"micro_step", s.micro_step},   {"epoch_examples", p.epoch_examples},
+          {"global_batch", p.global_batch}, {"world_size", world}};
 }
 
-LoopState state_from_json(const nlohmann::json& j, const std::string& path) {
+LoopState state_from_json(const nlohmann::json& j, const std::string& path, DataPosition* pos) {
   LoopState s;
   try {
     s.global_step = j.at("global_step");
     s.epoch = j.at("epoch");
     s.window = j.at("window");
     s.micro_step = j.at("micro_step");
+    if (j.contains("epoch_examples")) {
+      pos->epoch_examples = j.at("epoch_examples");
+      pos->global_batch = j.at("global_batch");
+    }
   } catch (const std::exception& e) {
     throw engine::Error(path + ": missing or invalid field: " + e.what());
   }
   return s;
 }
 
+// The window index that continues after `pos` with this run's global batch G (a different number of GPUs
+// or batch size): exact when G divides the examples consumed; group_by_length orders each epoch by G, so
+// it needs the same G unless the epoch was finished.
+int64_t resume_window(const DataPosition& pos, int64_t G, int64_t n, int64_t windows_per_epoch, bool by_length,
+                      const std::string& path) {
+  if (pos.epoch_examples >= n) return windows_per_epoch;  // the epoch was done: the loop starts the next one
+  ENGINE_CHECK(!by_length || G == pos.global_batch, path, ": written with a global batch of ", pos.global_batch,
+               " examples per step (per_device_train_batch_size x ranks x gradient_accumulation_steps), this run "
+               "has ", G, "; group_by_length orders an epoch by the global batch, so resume mid-epoch with the same one");
+  ENGINE_CHECK(pos.epoch_examples % G == 0, path, ": ", pos.epoch_examples,
+               " examples of the epoch were consumed, not a multiple of this run's global batch ", G,
+               " (per_device_train_batch_size x ranks x gradient_accumulation_steps); pick sizes whose product divides it");
+  return pos.epoch_examples / G;
+}
+
 }  // namespace
+
+TokenCounts count_tokens(const engine::ChatDataset& data, const std::vector<int64_t>& examples) {
+  TokenCounts c;
+  for (int64_t i : examples) {
+    const engine::ChatExample& ex = data[i];
+    c.tokens += int64_t(ex.ids.size());
+    for (size_t t = 1; t < ex.labels.size(); ++t) c.labels += ex.labels[t] != engine::kIgnoreLabel;
+  }
+  return c;
+}
 
 std::string latest_checkpoint(const std::string& output_dir) {
   const auto cks = list_checkpoints(output_dir);
   return cks.empty() ? std::string() : cks.back().second;
 }
 
-Trainer::Trainer(const engine::TrainConfig& cfg, engine::Engine& eng, int rank, int world_size)
-    : cfg_(cfg), eng_(eng), rank_(rank), world_(world_size) {}
+Trainer::Trainer(const engine::TrainConfig& cfg, engine::Engine& eng, engine::DataParallel* dp)
+    : cfg_(cfg), eng_(eng), dp_(dp), rank_(dp ? dp->rank() : 0), world_(dp ? dp->world_size() : 1) {
+  ENGINE_CHECK(world_ == 1 || (eng.comm() != nullptr && eng.comm()->world_size() == world_), "trainer: rank ", rank_,
+               " of ", world_, " but the engine has no communicator of that size (construct DataParallel first)");
+}
 
 TrainResult Trainer::run() {
   const engine::TrainConfig& c = cfg_;
@@ -206,7 +249,11 @@ TrainResult Trainer::run() {
     } catch (const std::exception& e) {
       throw engine::Error(ck + "/trainer_state.json: not valid JSON: " + e.what());
     }
-    st = state_from_json(j, ck + "/trainer_state.json");
+    DataPosition pos;
+    st = state_from_json(j, ck + "/trainer_state.json", &pos);
+    if (pos.epoch_examples >= 0)
+      st.window = resume_window(pos, tc.per_device_train_batch_size * world_ * tc.gradient_accumulation_steps,
+                                data.size(), per_epoch, tc.group_by_length, ck + "/trainer_state.json");
     say(engine::str_cat("resumed from ", ck, " at step ", st.global_step));
   }
 
@@ -222,15 +269,17 @@ TrainResult Trainer::run() {
     tb = std::make_unique<engine::EventWriter>(tc.output_dir + "/runs/" + stamp);
   }
 
+  const int64_t global_batch = tc.per_device_train_batch_size * world_ * tc.gradient_accumulation_steps;
   auto save_checkpoint = [&](const LoopState& s) {
     if (!lead) return;
+    const DataPosition pos{std::min(s.window * global_batch, data.size()), global_batch};
     const std::string final_dir = tc.output_dir + "/checkpoint-" + std::to_string(s.global_step);
     const std::string tmp = tc.output_dir + "/.checkpoint-" + std::to_string(s.global_step) + ".tmp";
     remove_tree(tmp);
     mkdir_p(tmp);
     lora.save_peft(tmp, c.model.path);
     opt.save(tmp);
-    engine::write_file_atomic(tmp + "/trainer_state.json", state_to_json(s).dump(2) + "\n");
+    engine::write_file_atomic(tmp + "/trainer_state.json", state_to_json(s, pos, world_).dump(2) + "\n");
     remove_tree(final_dir);
     ENGINE_CHECK(::rename(tmp.c_str(), final_dir.c_str()) == 0, "cannot rename ", tmp, " to ", final_dir, ": ",
                  std::strerror(errno));
@@ -253,7 +302,10 @@ TrainResult Trainer::run() {
   const auto t_start = t_log;
   const int64_t start_step = st.global_step;
   eng_.allocator().reset_peak();
+  engine::Communicator* comm = eng_.comm();
+  Tensor& grads = lora.grads();
   std::vector<std::vector<int64_t>> batches = sampler.epoch(st.epoch);
+  std::vector<std::vector<int64_t>> global_batches = sampler.global_epoch(st.epoch);
   while (st.global_step < total) {
     const int64_t GA = tc.gradient_accumulation_steps;
     int64_t first = st.window * GA;
@@ -262,31 +314,33 @@ TrainResult Trainer::run() {
       st.window = 0;
       first = 0;
       batches = sampler.epoch(st.epoch);
+      global_batches = sampler.global_epoch(st.epoch);
     }
     const int64_t last = std::min<int64_t>(first + GA, int64_t(batches.size()));
     std::vector<engine::HostBatch> window;
-    int64_t n_labels = 0, n_tokens = 0;
+    std::vector<int64_t> window_examples;  // every rank's examples of this window: the global counts
     for (int64_t i = first; i < last; ++i) {
       window.push_back(engine::collate(data, batches[size_t(i)], tok.pad_id()));
-      const engine::HostBatch& hb = window.back();
-      for (int64_t r = 0; r < hb.B; ++r)
-        for (int64_t t = 0; t < hb.T; ++t) {
-          n_tokens += hb.attention_mask[size_t(r * hb.T + t)];
-          if (t > 0 && hb.labels[size_t(r * hb.T + t)] != engine::kIgnoreLabel) ++n_labels;  // shifted targets
-        }
+      const std::vector<int64_t>& g = global_batches[size_t(i)];
+      window_examples.insert(window_examples.end(), g.begin(), g.end());
     }
-    // All-reduce point for N ranks: N is the global label count of the window (SPEC.md §5.2).
-    const int64_t N = std::max<int64_t>(n_labels, 1);
+    // N is the GLOBAL label count of the window (SPEC.md §5.2), the same on every rank with no exchange.
+    const TokenCounts counts = count_tokens(data, window_examples);
+    const int64_t N = std::max<int64_t>(counts.labels, 1);
     const float loss_scale = opt.loss_scale();
     eng_.zero(loss_sum);
     eng_.zero(n_valid);
     for (const engine::HostBatch& hb : window) {
-      if (hb.B == 0) continue;
+      const uint64_t micro = uint64_t(st.micro_step++);
+      if (hb.B == 0) continue;  // an empty slice (sampler.h): no backward, but the all-reduce below still joins
       const Batch b = make_batch(eng_, hb.B, hb.T, hb.ids, hb.attention_mask, hb.labels);
-      model.set_micro_step(uint64_t(st.micro_step++));
+      model.set_micro_step(micro * uint64_t(world_) + uint64_t(rank_));  // world 1: the micro-batch index
       model.forward_backward(b, loss_scale / float(N), loss_sum, n_valid);
     }
-    // Gradient all-reduce point for N ranks (NCCL) goes here.
+    // Sum, not mean: every rank already divided by the global N. The loss sum rides in the same group.
+    if (comm)
+      comm->all_reduce_sum_f32({{grads.ptr<float>(), size_t(grads.numel())}, {loss_sum.ptr<float>(), 1}},
+                               eng_.stream());
     eng_.copy(host_loss, loss_sum);
     const StepResult sr = opt.step();  // synchronizes: host_loss is ready afterwards
     const bool overflow = sr.skipped;
@@ -301,7 +355,8 @@ TrainResult Trainer::run() {
       log_loss += loss;
       ++log_count;
     }
-    log_tokens += double(n_tokens) * world_;
+    log_tokens += double(counts.tokens);
+    if (dp_) dp_->heartbeat();
     const double epoch_f = double(st.epoch) + double(std::min<int64_t>(st.window * GA, int64_t(batches.size()))) /
                                                   double(std::max<size_t>(batches.size(), 1));
     const bool epoch_end = st.window * GA >= int64_t(batches.size());
@@ -349,6 +404,12 @@ TrainResult Trainer::run() {
   res.steps = st.global_step;
   res.skipped_steps = opt.skipped_steps();
   res.adapter_dir = tc.output_dir;
+  {
+    Tensor hp = eng_.empty_host({lora.num_params()}, DType::kF32);
+    eng_.copy(hp, lora.params());
+    eng_.synchronize();
+    res.params_hash = engine::fnv1a64(hp.ptr<float>(), size_t(hp.numel()) * sizeof(float));
+  }
   if (lead) {
     char abs_path[PATH_MAX];
     const std::string base = ::realpath(c.model.path.c_str(), abs_path) ? std::string(abs_path) : c.model.path;
@@ -358,6 +419,7 @@ TrainResult Trainer::run() {
                         " skipped, final loss ", res.final_loss, "; adapter written to ", tc.output_dir,
                         "/adapter_model.safetensors"));
   }
+  if (dp_) dp_->finish(tc.ddp_timeout);  // no rank exits (closing its sockets) while rank 0 still saves
   return res;
 }
 

@@ -1,7 +1,9 @@
 // tools/bench_train.cpp: end-to-end QLoRA training benchmark on a random Gemma-2 (models/train_bench.h).
 //   bench_train [--preset gemma2-2b|tiny] [--hidden D --intermediate F --layers L --heads H --kv-heads KV
 //               --head-dim HD --vocab V] --batch B --seq T --grad-accum GA --dtype bf16|f16 [--rank 4]
-//               [--steps 10 --warmup 3] [--gradient-checkpointing] [--no-quantize] [--cpu]
+//               [--steps 10 --warmup 3] [--gradient-checkpointing] [--no-quantize] [--cpu] [--nproc N]
+// Data parallel as train_gemma: --nproc N on this host, or the RANK/WORLD_SIZE/... env contract; rank 0
+// prints (tokens/s global and per GPU).
 // Prints one line per step, a one-line summary and one JSON line (bench/run_compare.sh collects the JSON).
 // A configuration that fails at run time (e.g. out of memory) still prints its JSON line, with "error".
 #include <CLI/CLI.hpp>
@@ -9,7 +11,12 @@
 #include <fstream>
 #include <sstream>
 
+#include <iostream>
+
+#include "engine/data_parallel.h"
 #include "engine/engine.h"
+#include "engine/launcher.h"
+#include "engine/rendezvous.h"
 #include "engine/safetensors.h"
 #include "models/gemma2_random.h"
 #include "models/train_bench.h"
@@ -55,7 +62,31 @@ int main(int argc, char** argv) {
   app.add_flag("--cpu", force_cpu, "use the CPU backend even when a CUDA device is present");
   app.add_option("--json-out", json_out, "also append the JSON line to this file");
   app.add_flag("--quiet", quiet, "no per-step lines");
+  int nproc = 1;
+  engine::DataParallelOptions dpo;
+  app.add_option("--nproc", nproc, "data parallel: start N ranks on this host, one per GPU")->check(CLI::Range(1, 1024));
+  app.add_option("--rendezvous-timeout", dpo.rendezvous_timeout_s, "data parallel: seconds for every rank to arrive")
+      ->capture_default_str();
+  app.add_option("--ddp-timeout", dpo.step_timeout_s, "data parallel: seconds without a finished step end the job")
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
+  engine::DistEnv env;
+  try {
+    env = engine::dist_env_from();
+    if (nproc > 1) {
+      ENGINE_CHECK(env.world_size == 1, "--nproc inside a rank of a launched job (WORLD_SIZE=", env.world_size, ")");
+      engine::LaunchOptions lo;
+      lo.nproc = nproc;
+      lo.exe = "/proc/self/exe";
+      lo.argv = engine::strip_option(std::vector<std::string>(argv, argv + argc), "--nproc");
+      return engine::launch_ranks(lo, std::cerr);
+    }
+  } catch (const engine::Error& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
+  }
+  const bool lead = env.rank == 0;
+  quiet = quiet || !lead;
 
   std::string device = "?";
   try {
@@ -80,21 +111,27 @@ int main(int argc, char** argv) {
     return 1;
   }
   try {
-    engine::EngineOptions eo;
-    eo.backend = force_cpu ? engine::Backend::kCPU : engine::Backend::kAuto;
-    engine::Engine eng(eo);
+    const engine::Backend backend = force_cpu ? engine::Backend::kCPU : engine::Backend::kAuto;
+    engine::Engine eng(engine::rank_engine_options(env, backend, force_cpu ? 0 : engine::cuda_device_count()));
     device = eng.is_cuda() ? eng.props().name : "cpu";
-    std::printf("%s\n", eng.describe().c_str());
+    if (lead) std::printf("%s\n", eng.describe().c_str());
+    const std::string fp_text = models::json_error_line(cfg, "", "");  // the whole configuration
+    dpo.fingerprint = engine::fnv1a64(fp_text.data(), fp_text.size());
+    engine::DataParallel dp(env, eng, dpo);
     auto log = [&](const std::string& s) {
       if (!quiet) std::printf("%s\n", s.c_str()), std::fflush(stdout);
     };
-    const models::TrainBenchResult r = models::run_train_bench(cfg, eng, log);
+    const models::TrainBenchResult r = models::run_train_bench(cfg, eng, log, &dp);
+    dp.finish(dpo.step_timeout_s);
+    if (!lead) return 0;
     const std::string j = models::json_line(r);
     std::printf("%s\n%s\n", models::summary_line(r).c_str(), j.c_str());
     if (!json_out.empty()) append_line(json_out, j);
     return 0;
   } catch (const engine::Error& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
+    if (env.world_size > 1) std::fprintf(stderr, "error: rank %d: %s\n", env.rank, e.what());
+    else std::fprintf(stderr, "error: %s\n", e.what());
+    if (!lead) return 1;
     const std::string j = models::json_error_line(cfg, device, e.what());
     std::printf("%s\n", j.c_str());
     try {

@@ -181,4 +181,23 @@ TEST(SamplerTest, BadArgumentsThrow) {
   EXPECT_THROW(Sampler(l, 1, 1, 1, 0, false, 0).epoch(-1), Error);
 }
 
+TEST(SamplerTest, GlobalEpochIsTheRanksSlicesInRankOrder) {
+  const auto lengths = random_lengths(31, 4);
+  for (const bool by_length : {false, true})
+    for (int64_t W : {1, 2, 4}) {
+      const Sampler g(lengths, 3, 2, W, 0, by_length, 8);
+      const auto global = g.global_epoch(2);
+      ASSERT_EQ(int64_t(global.size()), g.micro_batches_per_epoch());
+      EXPECT_EQ(flatten(global), g.global_order(2));
+      for (size_t j = 0; j < global.size(); ++j) {
+        std::vector<int64_t> joined;
+        for (int64_t r = 0; r < W; ++r) {
+          const auto mine = Sampler(lengths, 3, 2, W, r, by_length, 8).epoch(2);
+          joined.insert(joined.end(), mine[j].begin(), mine[j].end());
+        }
+        EXPECT_EQ(joined, global[j]) << "W=" << W << " micro-batch " << j;
+      }
+    }
+}
+
 }  // namespace

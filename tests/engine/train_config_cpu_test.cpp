@@ -373,6 +373,7 @@ TEST(TrainConfigErrors, ImpossibleValues) {
   bad("training.save_steps=0", "training.save_steps", ">= 1");
   bad("training.save_total_limit=0", "training.save_total_limit", ">= 1");
   bad("training.seed=-1", "training.seed", ">= 0");
+  bad("training.ddp_timeout=0", "training.ddp_timeout", "must be > 0");
   bad("quantization.load_in_4bit=false", "quantization.load_in_4bit", "must be true");
   bad("lora.target_modules=[all-linear, q_proj]", "lora.target_modules", "cannot be combined");
   bad("lora.target_modules=[q_proj, q_proj]", "lora.target_modules", "listed twice");
@@ -528,7 +529,7 @@ TEST(TrainConfig, PrintTableShowsEveryKeyAligned) {
     EXPECT_NE(line[value_col], ' ') << line;
     EXPECT_EQ(line[value_col - 1], ' ') << line;
   }
-  EXPECT_EQ(n, 45);  // one line per key
+  EXPECT_EQ(n, 46);  // one line per key (training.ddp_timeout: 46th)
   EXPECT_NE(t.find("training.learning_rate"), std::string::npos);
   EXPECT_NE(t.find("1.0e-04\n"), std::string::npos) << t;   // changed: no "(default)"
   EXPECT_NE(t.find("cosine  (default)"), std::string::npos) << t;
@@ -551,7 +552,7 @@ TEST(TrainConfig, HelpListsEveryKey) {
     ++keys;
     EXPECT_NE(help.find("  " + section + "." + name + " "), std::string::npos) << section << "." << name;
   }
-  EXPECT_EQ(keys, 45);
+  EXPECT_EQ(keys, 46);
   EXPECT_NE(help.find("paged_adamw_32bit, adamw_torch, adamw"), std::string::npos);
   EXPECT_NE(help.find("required"), std::string::npos);
 }
