@@ -33,6 +33,8 @@ struct FrozenLinear {
 // A LoRA branch: master A (r, in), B (out, r) and their gradients (+=), f32 (f64 for CPU checks).
 struct LoraBranch {
   TensorView A, B, dA, dB;
+  TensorView Ac, Bc;  // A and B already in x's dtype (the model casts all adapters once per forward), or
+                      // undefined: lora_linear casts A and B itself
   float scaling = 1.f;
   float dropout = 0.f;
   uint64_t seed = 0, stream = 0, offset = 0;  // Philox key of the dropout mask

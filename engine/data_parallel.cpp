@@ -17,8 +17,7 @@ DataParallel::DataParallel(const DistEnv& env, Engine& eng, const DataParallelOp
   ro.master_port = env.master_port;
   ro.fingerprint = opts.fingerprint;
   ro.timeout_s = opts.rendezvous_timeout_s;
-  const std::string id = env.rank == 0 ? Communicator::get_unique_id() : std::string();
-  rdv_ = std::make_unique<Rendezvous>(ro, id);
+  rdv_ = std::make_unique<Rendezvous>(ro, [] { return Communicator::get_unique_id(); });
   WatchdogOptions wo;
   wo.step_timeout_s = opts.step_timeout_s;
   // Watch the peers during the NCCL init too (it waits for every rank); the communicator joins after.

@@ -121,12 +121,12 @@ int pick_free_port() {
   return ntohs(a.sin_port);
 }
 
-Rendezvous::Rendezvous(const RendezvousOptions& opts, const std::string& blob) : opts_(opts) {
+Rendezvous::Rendezvous(const RendezvousOptions& opts, const std::function<std::string()>& make_blob) : opts_(opts) {
   const int W = opts.world_size, R = opts.rank;
   ENGINE_CHECK(W >= 1 && R >= 0 && R < W, "rendezvous: rank ", R, " and world size ", W,
                " (RANK must be in [0, WORLD_SIZE))");
   if (W == 1) {
-    blob_ = blob;
+    blob_ = make_blob();
     return;
   }
   ENGINE_CHECK(opts.master_port > 0 && opts.master_port < 65536, "rendezvous: MASTER_PORT ", opts.master_port,
@@ -149,6 +149,7 @@ Rendezvous::Rendezvous(const RendezvousOptions& opts, const std::string& blob) :
       throw Error(str_cat("rendezvous: rank 0 cannot listen on port ", opts.master_port, ": ", err,
                           " (MASTER_PORT in use? pick another)"));
     }
+    const std::string blob = make_blob();
     fds_.assign(size_t(W), -1);
     std::vector<std::string> addr(static_cast<size_t>(W));
     std::vector<int> extra;  // connections refused before they took a rank slot

@@ -11,6 +11,7 @@
 //   Tests: tests/engine/rendezvous_cpu_test.cpp.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -28,7 +29,11 @@ class Rendezvous {
  public:
   // Runs the rendezvous; blocks until every rank has the blob or throws engine::Error. `blob` is what rank
   // 0 hands out (ignored on the other ranks). world_size 1 does nothing.
-  Rendezvous(const RendezvousOptions& opts, const std::string& blob);
+  Rendezvous(const RendezvousOptions& opts, const std::string& blob)
+      : Rendezvous(opts, [blob] { return blob; }) {}
+  // The same, with rank 0 making the blob only once it listens: NCCL's id opens a socket on an ephemeral
+  // port, which must not take MASTER_PORT (picked free, but not held, by the launcher) first.
+  Rendezvous(const RendezvousOptions& opts, const std::function<std::string()>& make_blob);
   ~Rendezvous();
   Rendezvous(const Rendezvous&) = delete;
   Rendezvous& operator=(const Rendezvous&) = delete;

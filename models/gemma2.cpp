@@ -218,6 +218,23 @@ void Gemma2Model::attach_lora(const LoraAdapters* lora, uint64_t dropout_seed) {
   dropout_seed_ = dropout_seed;
 }
 
+void Gemma2Model::refresh_lora_compute() {
+  if (lora_ == nullptr) return;
+  const Tensor& p = lora_->params();
+  if (!lora_compute_.defined() || lora_compute_.numel() != p.numel() || lora_compute_.dtype() != opts_.compute_dtype)
+    lora_compute_ = eng_->empty(p.shape(), opts_.compute_dtype);
+  ops::cast(lora_compute_, p, *eng_);
+}
+
+// The compute-dtype twin of an A or B view into the adapters' flat f32 parameters.
+engine::TensorView Gemma2Model::lora_compute_view(engine::TensorView master) const {
+  const int64_t off = master.ptr<const float>() - lora_->params().view().ptr<const float>();
+  engine::TensorView v = lora_compute_.view();
+  v.data = static_cast<char*>(v.data) + size_t(off) * engine::dtype_size(v.dtype);
+  v.shape = master.shape;
+  return v;
+}
+
 Var Gemma2Model::linear(Tape& tape, const Var& x, Linear& w, int64_t layer) {
   if (w.dense.grad.defined()) return autograd::linear(tape, x, var(tape, w.dense));  // full fine-tuning
   autograd::FrozenLinear base;
@@ -233,6 +250,8 @@ Var Gemma2Model::linear(Tape& tape, const Var& x, Linear& w, int64_t layer) {
   if (m == nullptr) return autograd::lora_linear(tape, x, base, nullptr);
   autograd::LoraBranch br;
   br.A = m->A; br.B = m->B; br.dA = m->dA; br.dB = m->dB;
+  br.Ac = lora_compute_view(m->A);
+  br.Bc = lora_compute_view(m->B);
   br.scaling = m->scaling;
   br.dropout = train_ ? m->dropout : 0.f;  // nn.Dropout is the identity in eval mode
   br.seed = dropout_seed_;
@@ -275,6 +294,7 @@ Var Gemma2Model::layer_tail(Tape& tape, const Var& h, const Var& attn, int64_t i
 
 Var Gemma2Model::forward(Tape& tape, const Batch& b, bool train) {
   train_ = train;
+  refresh_lora_compute();
   Var ids = tape.constant(b.ids, "ids");
   Var h = autograd::embedding(tape, ids, var(tape, embed_), std::sqrt(float(cfg_.hidden_size)),
                               opts_.compute_dtype);
@@ -352,6 +372,7 @@ Tensor Gemma2Model::forward_cached(const std::vector<int32_t>& ids, KvCache& cac
                engine::dtype_name(opts_.compute_dtype), ")");
   ENGINE_CHECK(p0 + n <= cache.max_len, "forward_cached: ", p0, " cached + ", n, " new tokens exceed the cache's ",
                cache.max_len, " positions");
+  refresh_lora_compute();
   for (int64_t t = 0; t < n; ++t)  // CUDA's embedding cannot throw: check here
     ENGINE_CHECK(ids[size_t(t)] >= 0 && ids[size_t(t)] < V, "forward_cached: token id ", ids[size_t(t)],
                  " at index ", t, " is outside the vocab [0, ", V, ")");

@@ -117,6 +117,8 @@ class Gemma2Model {
   // o_proj, post-attention norm and residual, then the MLP block with its norms and residual.
   Var layer_tail(Tape& tape, const Var& h, const Var& attn, int64_t i);
   Var var(Tape& tape, Param& p);
+  void refresh_lora_compute();
+  engine::TensorView lora_compute_view(engine::TensorView master) const;
   ops::LmHeadCeParams head_params(const Var& hidden, float grad_scale) const;
 
   Gemma2Config cfg_;
@@ -125,6 +127,8 @@ class Gemma2Model {
   Param embed_, final_norm_;
   std::vector<Layer> layers_;
   Tensor dequant_ws_;                  // one dequantized weight at a time (QLoRA)
+  Tensor lora_compute_;                // the adapters' f32 parameters in the compute dtype, cast once per
+                                       // forward (one kernel instead of two casts per linear)
   const LoraAdapters* lora_ = nullptr;
   uint64_t dropout_seed_ = 0, micro_step_ = 0;
   bool train_ = false;                 // set by forward(): dropout on in training, off in eval

@@ -48,6 +48,7 @@ class LoraAdapters {
   std::vector<LoraModule>& modules() { return modules_; }
   const LoraModule* find(int64_t layer, const std::string& target) const;
   Tensor& params() { return params_; }  // (P) f32, all A and B
+  const Tensor& params() const { return params_; }
   Tensor& grads() { return grads_; }    // (P) f32
   int64_t num_params() const { return params_.numel(); }
   void zero_grads();
