@@ -8,10 +8,12 @@
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <sstream>
 #include <tuple>
 
 #include "engine/safetensors.h"
+#include "models/bnb_checkpoint.h"
 #include "models/gemma2_config.h"
 #include "ops/elementwise.h"
 #include "ops/matmul.h"
@@ -31,10 +33,6 @@ const char* const kAllTargets[] = {"q_proj", "k_proj", "v_proj", "o_proj", "gate
 // Files of the base folder that belong in a loadable checkpoint beside the weights.
 const char* const kCopiedFiles[] = {"tokenizer.model", "tokenizer.json", "tokenizer_config.json",
                                     "special_tokens_map.json", "generation_config.json"};
-
-const char* torch_dtype_name(DType t) {
-  return t == DType::kBF16 ? "bfloat16" : t == DType::kF16 ? "float16" : "float32";
-}
 
 bool is_16_or_32(DType t) { return t == DType::kF32 || t == DType::kF16 || t == DType::kBF16; }
 
@@ -71,30 +69,49 @@ bool same_path(const fs::path& a, const std::string& b) {
   return !b.empty() && fs::exists(b, ec) && fs::equivalent(a, b, ec);
 }
 
-// W' = W + scaling * B @ A for one linear, returned in host memory in the output dtype. f32 from the cast or
-// dequantization on, one rounding to the output dtype at the end.
-Tensor merge_linear(engine::Engine& eng, TensorView src, const LoraModule& m, const ExportOptions& o) {
-  const Shape shape = src.shape;
-  TensorView w_src = src;
-  Tensor staged;
-  if (eng.is_cuda()) {  // pageable source: eng.copy stages it before returning, so the mapping may be read later
-    staged = eng.empty(shape, src.dtype);
-    eng.copy(staged, src);
-    w_src = staged;
-  }
+struct Planned {
+  std::string name;
+  TensorView src;                   // host view into the base checkpoint's mapping
+  Shape shape;                      // as written (a bnb weight: the unpacked (out, in))
+  DType dtype;                      // as written
+  const LoraModule* lora = nullptr; // merged when set
+  bool bnb = false;                 // a bitsandbytes 4-bit weight: dequantized (and merged when lora is set)
+  size_t shard = 0;
+};
+
+// W' = W + scaling * B @ A for one linear (W alone when p.lora is null: a bnb weight the adapter leaves alone),
+// returned in host memory in the output dtype. f32 from the cast or dequantization on, one rounding to the output
+// dtype at the end.
+Tensor merge_linear(engine::Engine& eng, const engine::SafetensorsCheckpoint& ck, const Planned& p,
+                    const ExportOptions& o) {
+  const Shape shape = p.shape;
   Tensor w32 = eng.empty(shape, DType::kF32);  // (out, in)
-  if (o.base == MergeBase::kNf4) {
-    // As Gemma2Model::load quantizes: from the weight materialised in the compute dtype (SPEC.md §3.2).
-    Tensor wq = eng.empty(shape, o.compute_dtype);
-    ops::cast(wq, w_src, eng);
-    ops::Nf4Storage q = ops::nf4_empty(m.out, m.in, eng);
-    ops::nf4_quantize(q.view(), wq, ops::Nf4QuantParams{}, eng);
+  if (p.bnb) {  // the 4-bit base itself: there is no 16-bit original to merge into, whatever o.base says
+    const ops::Nf4Storage q = load_bnb_nf4(eng, ck, p.name, shape[0], shape[1]);
     ops::nf4_dequantize(w32, q.view(), eng);
   } else {
-    ops::cast(w32, w_src, eng);
+    TensorView w_src = p.src;
+    Tensor staged;
+    if (eng.is_cuda()) {  // pageable source: eng.copy stages it before returning, so the mapping may be read later
+      staged = eng.empty(shape, p.src.dtype);
+      eng.copy(staged, p.src);
+      w_src = staged;
+    }
+    if (o.base == MergeBase::kNf4) {
+      // As Gemma2Model::load quantizes: from the weight materialised in the compute dtype (SPEC.md §3.2).
+      Tensor wq = eng.empty(shape, o.compute_dtype);
+      ops::cast(wq, w_src, eng);
+      ops::Nf4Storage q = ops::nf4_empty(shape[0], shape[1], eng);
+      ops::nf4_quantize(q.view(), wq, ops::Nf4QuantParams{}, eng);
+      ops::nf4_dequantize(w32, q.view(), eng);
+    } else {
+      ops::cast(w32, w_src, eng);
+    }
   }
-  // w32 += scaling * B (out, r) @ A (r, in)
-  ops::matmul(w32, m.B, m.A, ops::matmul_params(w32, m.B, m.A, false, false, m.scaling, 1.f), eng);
+  if (p.lora) {  // w32 += scaling * B (out, r) @ A (r, in)
+    const LoraModule& m = *p.lora;
+    ops::matmul(w32, m.B, m.A, ops::matmul_params(w32, m.B, m.A, false, false, m.scaling, 1.f), eng);
+  }
   Tensor out = w32;
   if (o.out_dtype != DType::kF32) {
     out = eng.empty(shape, o.out_dtype);
@@ -106,14 +123,6 @@ Tensor merge_linear(engine::Engine& eng, TensorView src, const LoraModule& m, co
   eng.synchronize();  // one sync per tensor: its bytes must be on the host before they are written
   return host;
 }
-
-struct Planned {
-  std::string name;
-  TensorView src;                   // host view into the base checkpoint's mapping
-  DType dtype;                      // as written
-  const LoraModule* lora = nullptr; // merged when set
-  size_t shard = 0;
-};
 
 LoraSpec lora_spec_from_json(nlohmann::json& j, const std::string& path) {
   auto is_unset = [&](const char* k) {
@@ -207,12 +216,22 @@ ExportResult export_merged(const ExportOptions& o, engine::Engine& eng) {
   for (const LoraModule& m : lora.modules()) {
     const std::string w = m.path + ".weight";
     ENGINE_CHECK(ck.contains(w), o.model_dir, ": the adapter targets ", m.path, " but the checkpoint has no ", w);
+    merged[w] = &m;
+    if (bnb_quantized(ck, w)) continue;  // its shape and arrays are checked when it is planned
     const TensorView v = ck.view(w);
     ENGINE_CHECK(v.shape == Shape({m.out, m.in}), o.model_dir, ": tensor ", w, " has shape ", v.shape.str(),
                  ", the adapter expects (", m.out, ",", m.in, ")");
     ENGINE_CHECK(is_16_or_32(v.dtype), o.model_dir, ": tensor ", w, " has dtype ", engine::dtype_name(v.dtype),
                  ", expected bf16, f16 or f32");
-    merged[w] = &m;
+  }
+  // A bitsandbytes 4-bit base: its quantized weights are written dequantized, their quant-state tensors not at all.
+  std::map<std::string, BnbQuantState> bnb;
+  std::set<std::string> bnb_aux;
+  for (const std::string& n : ck.names()) {
+    if (n.size() < 7 || n.compare(n.size() - 7, 7, ".weight") != 0 || !bnb_quantized(ck, n)) continue;
+    bnb[n] = read_bnb_quant_state(ck, n);
+    for (const std::string& a : bnb_tensor_names(n))
+      if (a != n) bnb_aux.insert(a);
   }
   std::vector<std::string> names = ck.names();
   std::sort(names.begin(), names.end(),
@@ -221,13 +240,27 @@ ExportResult export_merged(const ExportOptions& o, engine::Engine& eng) {
   std::vector<int64_t> shard_bytes;
   ExportResult res;
   for (const std::string& n : names) {
+    if (bnb_aux.count(n)) continue;
     Planned p;
     p.name = n;
     p.src = ck.view(n);
+    p.shape = p.src.shape;
     p.dtype = engine::is_float(p.src.dtype) ? o.out_dtype : p.src.dtype;
+    auto b = bnb.find(n);
+    if (b != bnb.end()) {
+      const std::vector<int64_t>& s = b->second.shape;
+      ENGINE_CHECK(s.size() == 2, o.model_dir, ": ", n, ": quant_state shape must have 2 entries");
+      p.bnb = true;
+      p.shape = Shape({s[0], s[1]});
+      p.dtype = o.out_dtype;
+    }
     auto it = merged.find(n);
-    if (it != merged.end()) p.lora = it->second;
-    const int64_t bytes = p.src.numel() * int64_t(engine::dtype_size(p.dtype));
+    if (it != merged.end()) {
+      p.lora = it->second;
+      ENGINE_CHECK(p.shape == Shape({p.lora->out, p.lora->in}), o.model_dir, ": tensor ", n, " has shape ",
+                   p.shape.str(), ", the adapter expects (", p.lora->out, ",", p.lora->in, ")");
+    }
+    const int64_t bytes = p.shape.numel() * int64_t(engine::dtype_size(p.dtype));
     // A shard closes when this tensor would pass the limit; a tensor larger than the limit gets its own shard.
     if (shard_bytes.empty() || (shard_bytes.back() > 0 && shard_bytes.back() + bytes > o.shard_bytes))
       shard_bytes.push_back(0);
@@ -252,13 +285,13 @@ ExportResult export_merged(const ExportOptions& o, engine::Engine& eng) {
     for (size_t k = 0; k < n_shards; ++k) {
       std::vector<engine::SafetensorsLayoutEntry> layout;
       for (size_t i = next; i < plan.size() && plan[i].shard == k; ++i)
-        layout.push_back({plan[i].name, plan[i].dtype, plan[i].src.shape});
+        layout.push_back({plan[i].name, plan[i].dtype, plan[i].shape});
       engine::SafetensorsWriter w((tmp / file_of(k)).string(), layout, {{"format", "pt"}});
       for (; next < plan.size() && plan[next].shard == k; ++next) {
         const Planned& p = plan[next];
         if (o.on_tensor) o.on_tensor(p.name, int64_t(next), int64_t(plan.size()));
-        if (p.lora) {
-          w.write(p.name, merge_linear(eng, p.src, *p.lora, o));
+        if (p.lora || p.bnb) {
+          w.write(p.name, merge_linear(eng, ck, p, o));
         } else if (p.dtype == p.src.dtype) {
           w.write(p.name, p.src);  // straight from the mapping
         } else {
@@ -286,6 +319,7 @@ ExportResult export_merged(const ExportOptions& o, engine::Engine& eng) {
       throw Error(o.model_dir + "/config.json: not valid JSON: " + e.what());
     }
     cj["torch_dtype"] = torch_dtype_name(o.out_dtype);
+    cj.erase("quantization_config");  // a bnb 4-bit base: the export is dense
     if (cj.contains("dtype")) cj["dtype"] = torch_dtype_name(o.out_dtype);  // transformers >= 4.56 spelling
     engine::write_file_atomic((tmp / "config.json").string(), cj.dump(2) + "\n");
     res.files.push_back("config.json");

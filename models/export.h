@@ -13,6 +13,9 @@
 //     quantized base, not to this one, so the merged model is not exactly the model that was trained; the
 //     adapter's correction of quantization error becomes a small error itself.
 //   (The same trade-off is discussed for peft's merge_and_unload on bnb models: huggingface/peft #2105, #2321.)
+//   A bitsandbytes 4-bit base (models/bnb_checkpoint.h): W = dequant(the checkpoint's own NF4 arrays) for either
+//     MergeBase (there is no 16-bit original; compute_dtype plays no part); its linears the adapter does not target
+//     are written dequantized too, its quant-state tensors are dropped and config.json loses quantization_config.
 //   Rule of thumb: kNf4 to reproduce the evaluated QLoRA model exactly; k16Bit when the adapter is small next to
 //   the quantization noise and full-precision base weights matter more (compare both on held-out data).
 // Output folder: config.json (the base's, with torch_dtype set to the output dtype), model.safetensors, or

@@ -2,9 +2,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <set>
 
 #include "engine/safetensors.h"
+#include "models/bnb_checkpoint.h"
 #include "models/generate.h"
 #include "ops/attention_decode.h"
 #include "ops/elementwise.h"
@@ -88,12 +90,29 @@ Gemma2Model Gemma2Model::load(const std::string& dir, Engine& eng, const Gemma2O
     expected.insert(name);
   };
   ENGINE_CHECK(!(opts.train_base && opts.quantize_nf4), "full fine-tuning of an NF4-quantized model is not supported");
-  int64_t max_linear = 0;
+  int64_t max_linear = 0, n_dequantized = 0;
   auto load_linear = [&](Linear& l, const std::string& name, const char* target, int64_t out, int64_t in) {
     l.target = target;
     l.out = out;
     l.in = in;
     max_linear = std::max(max_linear, out * in);
+    if (bnb_quantized(ck, name)) {  // already NF4: the arrays as they are
+      for (const std::string& n : bnb_tensor_names(name)) expected.insert(n);
+      ops::Nf4Storage q = load_bnb_nf4(eng, ck, name, out, in);
+      if (opts.quantize_nf4) {
+        l.nf4 = std::move(q);
+        return;
+      }
+      l.dense.name = name;
+      l.dense.value = eng.empty({out, in}, opts.compute_dtype);
+      ops::nf4_dequantize(l.dense.value, q.view(), eng);
+      if (opts.train_base) {
+        l.dense.grad = eng.empty({out, in}, wide);
+        eng.zero(l.dense.grad);
+      }
+      ++n_dequantized;
+      return;
+    }
     if (!opts.quantize_nf4) {
       load(l.dense, name, {out, in}, false);
       return;
@@ -123,6 +142,13 @@ Gemma2Model Gemma2Model::load(const std::string& dir, Engine& eng, const Gemma2O
   }
   load(m.final_norm_, "model.norm.weight", {D}, true);
   if (opts.quantize_nf4) m.dequant_ws_ = eng.empty({max_linear}, opts.compute_dtype);
+  if (n_dequantized > 0) {
+    const std::string note = engine::str_cat(dir, ": bitsandbytes 4-bit checkpoint: ", n_dequantized, " NF4 linear ",
+                                             "weights dequantized to ", engine::dtype_name(opts.compute_dtype),
+                                             " (a dense model was asked for; quantize_nf4 keeps them 4-bit)");
+    if (opts.log) opts.log(note);
+    else std::fprintf(stderr, "%s\n", note.c_str());
+  }
   std::vector<std::string> unexpected;
   for (const auto& n : ck.names())
     if (!expected.count(n) && n != "lm_head.weight") unexpected.push_back(n);  // a tied copy is harmless
@@ -429,6 +455,20 @@ std::vector<Param*> Gemma2Model::parameters() {
   }
   ps.push_back(&final_norm_);
   return ps;
+}
+
+std::vector<std::pair<std::string, const ops::Nf4Storage*>> Gemma2Model::nf4_weights() const {
+  std::vector<std::pair<std::string, const ops::Nf4Storage*>> out;
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    const Layer& L = layers_[i];
+    for (const Linear* l : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) {
+      if (!l->nf4.packed.defined()) continue;
+      const bool mlp = l == &L.gate || l == &L.up || l == &L.down;
+      out.emplace_back("model.layers." + std::to_string(i) + (mlp ? ".mlp." : ".self_attn.") + l->target + ".weight",
+                       &l->nf4);
+    }
+  }
+  return out;
 }
 
 int64_t Gemma2Model::num_base_params() const {

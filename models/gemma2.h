@@ -5,7 +5,9 @@
 //   hidden = final_norm(h); logits = softcap(hidden @ E^T, 30); loss = shifted CE, ignore -100.
 // Shapes: N = B*T tokens; activations are (N, C) row-major in the compute dtype; norm weights f32.
 #pragma once
+#include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "autograd/functions.h"
@@ -48,6 +50,8 @@ struct Gemma2Options {
   bool train_base = false;            // full fine-tuning: every parameter trainable (f32 grads)
   bool quantize_nf4 = false;          // QLoRA: linear weights stored as NF4 + double quant (SPEC.md §3)
   bool gradient_checkpointing = false;
+  // Notes from load() (a bitsandbytes 4-bit checkpoint dequantized for a dense model); unset: one line on stderr.
+  std::function<void(const std::string&)> log;
 };
 
 struct Param {
@@ -58,7 +62,9 @@ struct Param {
 
 class Gemma2Model {
  public:
-  // Loads config.json and the safetensors weights of an HF checkpoint folder.
+  // Loads config.json and the safetensors weights of an HF checkpoint folder. A linear weight that the checkpoint
+  // stores bitsandbytes-4-bit quantized (models/bnb_checkpoint.h) is taken as it is into NF4 storage with
+  // quantize_nf4; without quantize_nf4 it is dequantized (SPEC.md §3.5) to the compute dtype (noted via opts.log).
   static Gemma2Model load(const std::string& dir, Engine& eng, const Gemma2Options& opts);
   // Builds the model from random weights on the engine's device, no file: the weights load() gives for
   // write_random_checkpoint(dir, cfg, ck, init) with ck = the compute dtype (f32 when computing in f64).
@@ -97,6 +103,8 @@ class Gemma2Model {
   void set_micro_step(uint64_t step) { micro_step_ = step; }
 
   std::vector<Param*> parameters();  // dense parameters (NF4 weights are not Params)
+  // The NF4-stored linear weights with their HF names, in layer order (empty without quantize_nf4).
+  std::vector<std::pair<std::string, const ops::Nf4Storage*>> nf4_weights() const;
   int64_t num_base_params() const;   // every base weight, quantized ones counted unpacked
   void zero_grads();
 

@@ -96,6 +96,37 @@ Gemma2Config Gemma2Config::from_json_file(const std::string& path) {
     errors.push_back("num_attention_heads " + std::to_string(c.num_attention_heads) +
                      " is not a multiple of num_key_value_heads " + std::to_string(c.num_key_value_heads));
   if (c.head_dim % 2 != 0) errors.push_back("head_dim must be even for RoPE");
+  if (j.contains("quantization_config") && !j["quantization_config"].is_null()) {
+    // transformers' BitsAndBytesConfig.to_dict(); its defaults where a key is missing (quant type fp4, no double
+    // quant), so a hand-written config means what it would mean to transformers.
+    const auto& q = j["quantization_config"];
+    auto flag = [&](const char* k) { return q.contains(k) && q[k].is_boolean() && q[k].get<bool>(); };
+    auto text = [&](const char* k, const char* dflt) {
+      return q.contains(k) && q[k].is_string() ? q[k].get<std::string>() : std::string(dflt);
+    };
+    const std::string method = q.is_object() ? text("quant_method", "") : "";
+    if (!q.is_object()) {
+      errors.push_back("quantization_config must be an object");
+    } else if (method != "bitsandbytes") {
+      errors.push_back("quantization_config.quant_method \"" + method + "\" is not supported (only bitsandbytes " +
+                       "4-bit nf4 checkpoints)");
+    } else if (flag("load_in_8bit") || flag("_load_in_8bit")) {
+      errors.push_back("quantization_config: bitsandbytes 8-bit (load_in_8bit) checkpoints are not supported (only 4-bit nf4)");
+    } else if (!flag("load_in_4bit") && !flag("_load_in_4bit")) {
+      errors.push_back("quantization_config: bitsandbytes without load_in_4bit is not supported");
+    } else {
+      const std::string qt = text("bnb_4bit_quant_type", "fp4");
+      if (qt == "fp4") errors.push_back("quantization_config: bnb_4bit_quant_type fp4 is not supported (only nf4)");
+      else if (qt != "nf4") errors.push_back("quantization_config: bnb_4bit_quant_type \"" + qt + "\" is not supported (only nf4)");
+      if (!flag("bnb_4bit_use_double_quant"))
+        errors.push_back("quantization_config: bnb_4bit_use_double_quant=false is not supported (only double-quantized "
+                         "nf4, the layout of ops/nf4.h)");
+      const std::string storage = text("bnb_4bit_quant_storage", "uint8");
+      if (storage != "uint8")
+        errors.push_back("quantization_config: bnb_4bit_quant_storage \"" + storage + "\" is not supported (only uint8)");
+      c.bnb_4bit = true;
+    }
+  }
   c.sliding.assign(size_t(std::max<int64_t>(c.num_hidden_layers, 0)), false);
   if (j.contains("layer_types") && j["layer_types"].is_array()) {
     const auto& lt = j["layer_types"];
@@ -146,7 +177,26 @@ std::string Gemma2Config::to_json() const {
   for (bool s : sliding) lt.push_back(s ? "sliding_attention" : "full_attention");
   j["layer_types"] = lt;
   j["use_cache"] = true;
+  if (bnb_4bit) j["quantization_config"] = nlohmann::ordered_json::parse(bnb4_quantization_config_json(torch_dtype));
   return j.dump(2) + "\n";
+}
+
+std::string bnb4_quantization_config_json(const std::string& compute_dtype) {
+  nlohmann::ordered_json q;
+  q["_load_in_4bit"] = true;
+  q["_load_in_8bit"] = false;
+  q["bnb_4bit_compute_dtype"] = compute_dtype;
+  q["bnb_4bit_quant_storage"] = "uint8";
+  q["bnb_4bit_quant_type"] = "nf4";
+  q["bnb_4bit_use_double_quant"] = true;
+  q["llm_int8_enable_fp32_cpu_offload"] = false;
+  q["llm_int8_has_fp16_weight"] = false;
+  q["llm_int8_skip_modules"] = nullptr;
+  q["llm_int8_threshold"] = 6.0;
+  q["load_in_4bit"] = true;
+  q["load_in_8bit"] = false;
+  q["quant_method"] = "bitsandbytes";
+  return q.dump();
 }
 
 }  // namespace models

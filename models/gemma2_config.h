@@ -28,14 +28,22 @@ struct Gemma2Config {
   std::vector<int64_t> eos_token_ids = {1};
   std::string torch_dtype = "bfloat16";    // the checkpoint's stored dtype, informational
   std::vector<bool> sliding;               // per layer; from layer_types, else even layers slide
+  // config.json's quantization_config says the checkpoint is bitsandbytes 4-bit (quant_method "bitsandbytes",
+  // load_in_4bit, nf4, double quant, uint8 storage): its linear weights are stored packed
+  // (models/bnb_checkpoint.h). Any other quantization_config is refused.
+  bool bnb_4bit = false;
 
   static Gemma2Config gemma2_2b();
   // Reads `path` (config.json). Missing structural fields, an unknown model_type or architecture and
   // unsupported settings are one engine::Error listing every problem.
   static Gemma2Config from_json_file(const std::string& path);
-  std::string to_json() const;  // an HF-compatible config.json
+  std::string to_json() const;  // an HF-compatible config.json (with quantization_config when bnb_4bit)
   float attn_scale() const;     // query_pre_attn_scalar^-0.5 in f32
   int64_t group_size() const { return num_attention_heads / num_key_value_heads; }
 };
+
+// The "quantization_config" object transformers writes for BitsAndBytesConfig(load_in_4bit=True,
+// bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute_dtype), as JSON text.
+std::string bnb4_quantization_config_json(const std::string& compute_dtype);
 
 }  // namespace models

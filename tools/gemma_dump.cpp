@@ -1,12 +1,14 @@
 // tools/gemma_dump.cpp: runs this engine on one token batch and writes what parity tests compare with
 // transformers/peft: logits, loss and gradients, as a safetensors file.
 //   gemma_dump --model DIR --batch batch.json --out out.safetensors [--dtype f32|bf16|f16] [--cpu]
-//              [--train-base | --adapter DIR [--save-adapter DIR]] [--nf4]
+//              [--train-base | --adapter DIR [--save-adapter DIR]] [--nf4 [--dump-nf4]]
 //              [--steps N --lr LR --warmup W --max-grad-norm C --weight-decay WD]   (with --adapter)
 //   batch.json: {"B": 2, "T": 7, "ids": [...], "attention_mask": [...], "labels": [...]}, labels unshifted
 //   (HF style, -100 = ignore). Gradients are of the mean token loss (HF's loss): "grad.<HF or peft name>".
 //   --steps N then runs N optimizer steps (AdamW, cosine schedule with warmup, clipping) on the same batch
 //   and also writes "step_losses" (N) and the adapters after the last step, "param.<peft name>".
+//   --dump-nf4 adds the NF4 arrays of every linear as loaded (bnb_checkpoint_parity.py compares them with a
+//   bitsandbytes checkpoint's): "nf4.<HF name>.{packed,absmax_q}" (u8), "nf4.<HF name>.{absmax2,offset}" (f32).
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <fstream>
@@ -22,7 +24,7 @@ using namespace engine;
 int main(int argc, char** argv) {
   CLI::App app{"gemma_dump: logits, loss and gradients of a Gemma-2 checkpoint on one batch (parity tests)"};
   std::string model_dir, batch_path, out_path, dtype_s = "f32", adapter, save_adapter;
-  bool cpu = false, train_base = false, nf4 = false;
+  bool cpu = false, train_base = false, nf4 = false, dump_nf4 = false;
   int64_t steps = 0, warmup = 0;
   double lr = 1e-3, max_grad_norm = 0.3, weight_decay = 0.001;
   app.add_option("--model", model_dir, "HF Gemma-2 folder")->required();
@@ -32,6 +34,7 @@ int main(int argc, char** argv) {
   app.add_flag("--cpu", cpu, "CPU backend");
   app.add_flag("--train-base", train_base, "gradients of every base parameter (full fine-tuning)");
   app.add_flag("--nf4", nf4, "quantize the linear weights to NF4 (QLoRA)");
+  app.add_flag("--dump-nf4", dump_nf4, "also write the NF4 arrays of every linear (with --nf4)");
   app.add_option("--adapter", adapter, "peft LoRA adapter folder: gradients of its A and B");
   app.add_option("--save-adapter", save_adapter, "write the loaded adapter back with this engine's writer");
   app.add_option("--steps", steps, "optimizer steps on the batch after the gradient dump");
@@ -41,6 +44,7 @@ int main(int argc, char** argv) {
   app.add_option("--weight-decay", weight_decay, "weight decay for --steps");
   CLI11_PARSE(app, argc, argv);
   try {
+    ENGINE_CHECK(!dump_nf4 || nf4, "--dump-nf4 needs --nf4");
     Engine eng({cpu ? Backend::kCPU : Backend::kAuto});
     std::fprintf(stderr, "%s\n", eng.describe().c_str());
     std::ifstream in(batch_path);
@@ -92,6 +96,18 @@ int main(int argc, char** argv) {
       out.emplace_back(name, h32.view());
     };
     add("logits", logits);
+    if (dump_nf4)
+      for (const auto& [name, q] : m.nf4_weights()) {
+        const std::pair<const char*, const Tensor*> parts[] = {
+            {"packed", &q->packed}, {"absmax_q", &q->absmax_q}, {"absmax2", &q->absmax2}, {"offset", &q->offset}};
+        for (const auto& [part, t] : parts) {
+          Tensor h = eng.empty_host(t->shape(), t->dtype());  // the raw arrays, no conversion
+          eng.copy(h, *t);
+          eng.synchronize();
+          keep.push_back(h);
+          out.emplace_back("nf4." + name + "." + part, h.view());
+        }
+      }
     add("loss_sum", loss);
     Tensor nt = eng.empty_host({1}, DType::kF32);
     nt.ptr<float>()[0] = float(n);
