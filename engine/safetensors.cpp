@@ -9,6 +9,7 @@
 #include <cerrno>
 #include <cstring>
 #include <fstream>
+#include <iterator>
 #include <nlohmann/json.hpp>
 
 namespace engine {
@@ -176,6 +177,12 @@ std::vector<std::string> SafetensorsCheckpoint::names() const {
   std::vector<std::string> n;
   for (const auto& kv : where_) n.push_back(kv.first);
   return n;
+}
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  ENGINE_CHECK(in.good(), path, ": cannot open");
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
 }
 
 void write_file_atomic(const std::string& path, const std::string& bytes) {

@@ -112,5 +112,7 @@ const char* dtype_to_safetensors(DType t);
 
 // Atomic whole-file write (temp + fsync + rename), shared by every file the engine writes.
 void write_file_atomic(const std::string& path, const std::string& bytes);
+// A whole file's bytes (an engine::Error naming the file when it cannot be opened).
+std::string read_file(const std::string& path);
 
 }  // namespace engine

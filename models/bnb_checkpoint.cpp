@@ -3,11 +3,10 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
-#include <sstream>
 
+#include "models/export.h"
 #include "models/gemma2.h"
 
 namespace models {
@@ -21,17 +20,6 @@ namespace {
 
 const char* const kQuantStateNf4 = ".quant_state.bitsandbytes__nf4";
 const char* const kQuantStateFp4 = ".quant_state.bitsandbytes__fp4";
-// Files of a checkpoint folder that belong beside the weights (as export_merged copies them).
-const char* const kSideFiles[] = {"tokenizer.model", "tokenizer.json", "tokenizer_config.json",
-                                  "special_tokens_map.json", "generation_config.json"};
-
-std::string read_text(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  ENGINE_CHECK(in.good(), path, ": cannot open");
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
 // The tensor's bytes as a string (the quant_state JSON).
 std::string tensor_bytes(const engine::SafetensorsCheckpoint& ck, const std::string& name) {
@@ -249,15 +237,14 @@ void write_bnb_checkpoint(const std::string& src_dir, const std::string& out_dir
   fs::create_directories(out_dir);
   nlohmann::ordered_json cj;
   try {
-    cj = nlohmann::ordered_json::parse(read_text(src_dir + "/config.json"));
+    cj = nlohmann::ordered_json::parse(engine::read_file(src_dir + "/config.json"));
   } catch (const nlohmann::json::exception& e) {
     throw Error(src_dir + "/config.json: not valid JSON: " + e.what());
   }
   cj["quantization_config"] = nlohmann::ordered_json::parse(bnb4_quantization_config_json(torch_dtype_name(quant_dtype)));
   engine::write_safetensors(out_dir + "/model.safetensors", tensors, {{"format", "pt"}});
   engine::write_file_atomic(out_dir + "/config.json", cj.dump(2) + "\n");
-  for (const char* f : kSideFiles)
-    if (fs::exists(src_dir + "/" + f, ec)) engine::write_file_atomic(out_dir + "/" + f, read_text(src_dir + "/" + f));
+  copy_side_files(src_dir, out_dir);
 }
 
 }  // namespace models

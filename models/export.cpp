@@ -30,9 +30,6 @@ using engine::TensorView;
 namespace {
 
 const char* const kAllTargets[] = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
-// Files of the base folder that belong in a loadable checkpoint beside the weights.
-const char* const kCopiedFiles[] = {"tokenizer.model", "tokenizer.json", "tokenizer_config.json",
-                                    "special_tokens_map.json", "generation_config.json"};
 
 bool is_16_or_32(DType t) { return t == DType::kF32 || t == DType::kF16 || t == DType::kBF16; }
 
@@ -54,14 +51,6 @@ std::string shard_name(size_t k, size_t n) {
   char buf[64];
   std::snprintf(buf, sizeof(buf), "model-%05zu-of-%05zu.safetensors", k + 1, n);
   return buf;
-}
-
-std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  ENGINE_CHECK(in.good(), path, ": cannot open");
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
 }
 
 bool same_path(const fs::path& a, const std::string& b) {
@@ -167,6 +156,20 @@ LoraSpec lora_spec_from_json(nlohmann::json& j, const std::string& path) {
 }
 
 }  // namespace
+
+std::vector<std::string> copy_side_files(const std::string& from, const std::string& to) {
+  // Files of a checkpoint folder that belong in a loadable checkpoint beside the weights.
+  static const char* const kSideFiles[] = {"tokenizer.model", "tokenizer.json", "tokenizer_config.json",
+                                           "special_tokens_map.json", "generation_config.json"};
+  std::vector<std::string> copied;
+  std::error_code ec;
+  for (const char* f : kSideFiles) {
+    if (!fs::exists(from + "/" + f, ec)) continue;
+    engine::write_file_atomic(to + "/" + f, engine::read_file(from + "/" + f));
+    copied.push_back(f);
+  }
+  return copied;
+}
 
 LoraSpec lora_spec_from_peft(const std::string& adapter_dir) {
   const std::string path = adapter_dir + "/adapter_config.json";
@@ -314,7 +317,7 @@ ExportResult export_merged(const ExportOptions& o, engine::Engine& eng) {
     // config.json: the base's own, field for field, with the stored dtype updated.
     nlohmann::ordered_json cj;
     try {
-      cj = nlohmann::ordered_json::parse(read_file(o.model_dir + "/config.json"));
+      cj = nlohmann::ordered_json::parse(engine::read_file(o.model_dir + "/config.json"));
     } catch (const nlohmann::json::exception& e) {
       throw Error(o.model_dir + "/config.json: not valid JSON: " + e.what());
     }
@@ -323,12 +326,7 @@ ExportResult export_merged(const ExportOptions& o, engine::Engine& eng) {
     if (cj.contains("dtype")) cj["dtype"] = torch_dtype_name(o.out_dtype);  // transformers >= 4.56 spelling
     engine::write_file_atomic((tmp / "config.json").string(), cj.dump(2) + "\n");
     res.files.push_back("config.json");
-    for (const char* f : kCopiedFiles) {
-      const std::string src = o.model_dir + "/" + f;
-      if (!fs::exists(src, ec)) continue;
-      engine::write_file_atomic((tmp / f).string(), read_file(src));
-      res.files.push_back(f);
-    }
+    for (const std::string& f : copy_side_files(o.model_dir, tmp.string())) res.files.push_back(f);
 
     // Into place. An existing folder that is empty is replaced by rename itself; a non-empty one (--force) is
     // moved aside first and removed once the new folder is in place.

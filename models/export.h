@@ -67,4 +67,8 @@ LoraSpec lora_spec_from_peft(const std::string& adapter_dir);
 
 ExportResult export_merged(const ExportOptions& opts, engine::Engine& eng);
 
+// Copies the tokenizer and generation files (tokenizer.model, tokenizer.json, tokenizer_config.json,
+// special_tokens_map.json, generation_config.json) that `from` has into `to`, each atomically; returns their names.
+std::vector<std::string> copy_side_files(const std::string& from, const std::string& to);
+
 }  // namespace models

@@ -11,12 +11,12 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 
-#include "engine/philox.h"
 #include "engine/safetensors.h"
 #include "models/bnb_checkpoint.h"
 #include "models/export.h"
 #include "models/gemma2.h"
 #include "models/gemma2_random.h"
+#include "tests/models/model_test_util.h"
 #include "tests/test_util.h"
 
 namespace {
@@ -32,14 +32,6 @@ const std::string kQs = kW + ".quant_state.bitsandbytes__nf4";
 std::string read_all(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   return std::string((std::istreambuf_iterator<char>(in)), {});
-}
-
-std::vector<uint8_t> bytes_of(Engine& eng, const Tensor& t) {
-  Tensor h = eng.empty_host(t.shape(), t.dtype());
-  eng.copy(h, t);
-  eng.synchronize();
-  const auto* p = static_cast<const uint8_t*>(h.data());
-  return std::vector<uint8_t>(p, p + h.nbytes());
 }
 
 // A checkpoint's tensors as owned host copies, editable before they are written again.
@@ -67,7 +59,7 @@ class BnbCpu : public ::testing::Test {
   std::vector<uint8_t> logit_bytes(Gemma2Model& m, const LoraAdapters* lora = nullptr) {
     if (lora) m.attach_lora(lora, 0);
     const std::vector<int32_t> ids = {2, 7, 3, 9, 1, 2, 5, 8, 30, 36}, mask(10, 1);
-    return bytes_of(eng_, m.logits(make_batch(eng_, 2, 5, ids, mask, ids)));
+    return test::host_bytes(eng_, m.logits(make_batch(eng_, 2, 5, ids, mask, ids)));
   }
 
   TensorList read_tensors(const std::string& dir) {
@@ -178,21 +170,14 @@ TEST_F(BnbCpu, WritesTransformersLayout) {
 TEST_F(BnbCpu, LoadTakesTheArraysAsTheyAreAndMatchesQuantizingAtLoad) {
   for (DType dt : {DType::kBF16, DType::kF32}) {  // bf16 -> f32 is exact: the same quantization either way
     Gemma2Model from_bnb = load(bnb_, dt, true), from_dense = load(dense_, dt, true);
-    const auto a = from_bnb.nf4_weights(), b = from_dense.nf4_weights();
+    test::expect_same_nf4_arrays(eng_, from_bnb, eng_, from_dense);
+    const auto a = from_bnb.nf4_weights();
     ASSERT_EQ(a.size(), 14u);
-    ASSERT_EQ(a.size(), b.size());
-    for (size_t i = 0; i < a.size(); ++i) {
-      ASSERT_EQ(a[i].first, b[i].first);
-      EXPECT_EQ(bytes_of(eng_, a[i].second->packed), bytes_of(eng_, b[i].second->packed)) << a[i].first;
-      EXPECT_EQ(bytes_of(eng_, a[i].second->absmax_q), bytes_of(eng_, b[i].second->absmax_q)) << a[i].first;
-      EXPECT_EQ(bytes_of(eng_, a[i].second->absmax2), bytes_of(eng_, b[i].second->absmax2)) << a[i].first;
-      EXPECT_EQ(bytes_of(eng_, a[i].second->offset), bytes_of(eng_, b[i].second->offset)) << a[i].first;
-    }
     // The checkpoint's bytes are what was loaded (not a requantization that happens to agree).
     engine::SafetensorsCheckpoint ck(bnb_);
     const engine::TensorView packed = ck.view(kW);
     const auto* p = static_cast<const uint8_t*>(packed.data);
-    EXPECT_EQ(bytes_of(eng_, a.back().second->packed), std::vector<uint8_t>(p, p + packed.nbytes()));
+    EXPECT_EQ(test::host_bytes(eng_, a.back().second->packed), std::vector<uint8_t>(p, p + packed.nbytes()));
     EXPECT_EQ(logit_bytes(from_bnb), logit_bytes(from_dense)) << engine::dtype_name(dt);
   }
 }
@@ -224,13 +209,7 @@ TEST_F(BnbCpu, ExportMergesIntoTheFourBitBase) {
   s.r = 4;
   s.alpha = 8;
   s.targets = {"q_proj", "v_proj", "down_proj"};  // the other linears are written dequantized, unmerged
-  {
-    LoraAdapters l(cfg_, s, eng_);
-    for (int64_t i = 0; i < l.num_params(); ++i)
-      l.params().ptr<float>()[i] = 0.15f * engine::philox_normal(11, 0, uint64_t(i));
-    fs::create_directories(tmp_.file("adapter"));
-    l.save_peft(tmp_.file("adapter"), dense_);
-  }
+  test::write_random_adapter(cfg_, s, 11, 0.15f, tmp_.file("adapter"), dense_);
   ExportOptions o;
   o.adapter_dir = tmp_.file("adapter");
   o.out_dtype = DType::kF32;

@@ -7,12 +7,12 @@
 #include <cstring>
 #include <filesystem>
 
-#include "engine/philox.h"
 #include "engine/safetensors.h"
 #include "models/bnb_checkpoint.h"
 #include "models/export.h"
 #include "models/gemma2.h"
 #include "models/gemma2_random.h"
+#include "tests/models/model_test_util.h"
 #include "tests/test_util.h"
 
 namespace {
@@ -20,14 +20,6 @@ namespace {
 namespace fs = std::filesystem;
 using namespace models;
 using test::Tol;
-
-std::vector<uint8_t> bytes_of(Engine& eng, const Tensor& t) {
-  Tensor h = eng.empty_host(t.shape(), t.dtype());
-  eng.copy(h, t);
-  eng.synchronize();
-  const auto* p = static_cast<const uint8_t*>(h.data());
-  return std::vector<uint8_t>(p, p + h.nbytes());
-}
 
 // max |a - b| / max |b|
 double rel_max(const std::vector<double>& a, const std::vector<double>& b) {
@@ -58,27 +50,9 @@ class BnbGpu : public ::testing::Test {
 
   std::vector<double> logits(Engine& eng, Gemma2Model& m) {
     const std::vector<int32_t> ids = {2, 17, 3, 9, 60, 2, 5, 48, 30, 36, 1, 4}, mask(12, 1);
-    Tensor lg = m.logits(make_batch(eng, 2, 6, ids, mask, ids));
-    Tensor h = eng.empty_host(lg.shape(), lg.dtype());
-    eng.copy(h, lg);
-    eng.synchronize();
-    std::vector<double> v(size_t(h.numel()));
-    for (size_t i = 0; i < v.size(); ++i) v[i] = engine::load_f64(h.data(), h.dtype(), int64_t(i));
-    return v;
+    return test::host_values(eng, m.logits(make_batch(eng, 2, 6, ids, mask, ids)));
   }
 
-  void expect_same_arrays(Engine& ea, const Gemma2Model& a, Engine& eb, const Gemma2Model& b) {
-    const auto x = a.nf4_weights(), y = b.nf4_weights();
-    ASSERT_EQ(x.size(), 14u);
-    ASSERT_EQ(x.size(), y.size());
-    for (size_t i = 0; i < x.size(); ++i) {
-      ASSERT_EQ(x[i].first, y[i].first);
-      EXPECT_EQ(bytes_of(ea, x[i].second->packed), bytes_of(eb, y[i].second->packed)) << x[i].first;
-      EXPECT_EQ(bytes_of(ea, x[i].second->absmax_q), bytes_of(eb, y[i].second->absmax_q)) << x[i].first;
-      EXPECT_EQ(bytes_of(ea, x[i].second->absmax2), bytes_of(eb, y[i].second->absmax2)) << x[i].first;
-      EXPECT_EQ(bytes_of(ea, x[i].second->offset), bytes_of(eb, y[i].second->offset)) << x[i].first;
-    }
-  }
 
   Engine cpu_{{engine::Backend::kCPU}};
   test::TempDir tmp_;
@@ -90,7 +64,7 @@ TEST_F(BnbGpu, LoadCopiesTheArraysAndMatchesTheCpuModel) {
   Engine gpu({engine::Backend::kCUDA});
   Gemma2Model g = Gemma2Model::load(bnb_, gpu, opts(DType::kF32, true));
   Gemma2Model c = Gemma2Model::load(bnb_, cpu_, opts(DType::kF32, true));
-  expect_same_arrays(gpu, g, cpu_, c);
+  test::expect_same_nf4_arrays(gpu, g, cpu_, c);
   // Dequantization is bit-identical; cuBLASLt's f32 sums differ from the CPU's (as in gemma2_gpu_test).
   EXPECT_LT(rel_max(logits(gpu, g), logits(cpu_, c)), 2e-4);
   Gemma2Model gb = Gemma2Model::load(bnb_, gpu, opts(DType::kBF16, true));
@@ -113,20 +87,14 @@ TEST_F(BnbGpu, WriterOnCudaStoresWhatTheCudaLoaderQuantizes) {
   write_bnb_checkpoint(dense_, tmp_.file("bnb_gpu"), DType::kBF16, gpu);
   Gemma2Model from_bnb = Gemma2Model::load(tmp_.file("bnb_gpu"), gpu, opts(DType::kBF16, true));
   Gemma2Model from_dense = Gemma2Model::load(dense_, gpu, opts(DType::kBF16, true));
-  expect_same_arrays(gpu, from_bnb, gpu, from_dense);
+  test::expect_same_nf4_arrays(gpu, from_bnb, gpu, from_dense);
 }
 
 TEST_F(BnbGpu, ExportFromABnbBaseMatchesTheCpuExport) {
   LoraSpec s;
   s.r = 8;
   s.alpha = 16;
-  {
-    LoraAdapters l(cfg_, s, cpu_);
-    for (int64_t i = 0; i < l.num_params(); ++i)
-      l.params().ptr<float>()[i] = 0.1f * engine::philox_normal(5, 0, uint64_t(i));
-    fs::create_directories(tmp_.file("adapter"));
-    l.save_peft(tmp_.file("adapter"), dense_);
-  }
+  test::write_random_adapter(cfg_, s, 5, 0.1f, tmp_.file("adapter"), dense_);
   Engine gpu({engine::Backend::kCUDA});
   ExportOptions o;
   o.model_dir = bnb_;

@@ -9,27 +9,19 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
-#include "engine/philox.h"
 #include "engine/safetensors.h"
 #include "models/export.h"
 #include "models/gemma2.h"
 #include "models/gemma2_random.h"
+#include "tests/models/model_test_util.h"
 #include "tests/test_util.h"
 
 namespace {
 
 namespace fs = std::filesystem;
 using namespace models;
+using test::host_values;
 using test::Tol;
-
-std::vector<double> host_values(Engine& eng, const Tensor& t) {
-  Tensor h = eng.empty_host(t.shape(), t.dtype());
-  eng.copy(h, t);
-  eng.synchronize();
-  std::vector<double> v(size_t(t.numel()));
-  for (size_t i = 0; i < v.size(); ++i) v[i] = engine::load_f64(h.data(), h.dtype(), int64_t(i));
-  return v;
-}
 
 std::vector<double> max_abs_diff_and_scale(const std::vector<double>& a, const std::vector<double>& b) {
   double d = 0, s = 0;
@@ -58,11 +50,7 @@ class ExportCpu : public ::testing::Test {
     s.r = r;
     s.alpha = alpha;
     s.targets = std::move(targets);
-    LoraAdapters l(cfg_, s, eng_);
-    for (int64_t i = 0; i < l.num_params(); ++i)
-      l.params().ptr<float>()[i] = 0.15f * engine::philox_normal(11, 0, uint64_t(i));
-    fs::create_directories(dir);
-    l.save_peft(dir, base_);
+    test::write_random_adapter(cfg_, s, 11, 0.15f, dir, base_);
   }
 
   // Logits (f32 compute) of a checkpoint folder, optionally NF4-quantized and with an adapter attached.

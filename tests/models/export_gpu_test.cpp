@@ -5,11 +5,11 @@
 #include <filesystem>
 #include <memory>
 
-#include "engine/philox.h"
 #include "engine/safetensors.h"
 #include "models/export.h"
 #include "models/gemma2.h"
 #include "models/gemma2_random.h"
+#include "tests/models/model_test_util.h"
 #include "tests/test_util.h"
 
 namespace {
@@ -29,11 +29,7 @@ class ExportGpu : public ::testing::Test {
     LoraSpec s;
     s.r = 8;
     s.alpha = 16;
-    LoraAdapters l(cfg_, s, cpu_);
-    for (int64_t i = 0; i < l.num_params(); ++i)
-      l.params().ptr<float>()[i] = 0.1f * engine::philox_normal(5, 0, uint64_t(i));
-    fs::create_directories(adapter_);
-    l.save_peft(adapter_, base_);
+    test::write_random_adapter(cfg_, s, 5, 0.1f, adapter_, base_);
   }
 
   ExportOptions opts(MergeBase b, DType out, const std::string& dir) const {

@@ -27,9 +27,8 @@ import argparse, json, os, subprocess, sys, tempfile, traceback
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 
-from hf_oracle import gemma2_model, padded_batch, rel
+from hf_oracle import folder_tensors, gemma2_model, padded_batch, rel, run_dump
 
 CASES = [
     # name, D, F, L, H, KV, HD, V, T, window, dtype
@@ -58,14 +57,6 @@ def hf_load(path, dtype, quantize):
     return AutoModelForCausalLM.from_pretrained(path, **kw).eval()
 
 
-def tensors(folder):
-    out = {}
-    for f in sorted(os.listdir(folder)):
-        if f.endswith(".safetensors"):
-            out.update(load_file(os.path.join(folder, f)))
-    return out
-
-
 def quant_state(st, w):
     return json.loads(bytes(st[w + QS].numpy().tobytes()).decode("utf-8"))
 
@@ -77,14 +68,6 @@ def bits(t):
 
 def linears(L):
     return [f"model.layers.{i}.{t}.weight" for i in range(L) for t in TARGETS]
-
-
-def run_dump(args, model_dir, bfile, out, backend, extra):
-    cmd = [args.dump, "--model", model_dir, "--batch", bfile, "--out", out] + extra
-    if backend == "cpu":
-        cmd.append("--cpu")
-    subprocess.run(cmd, check=True)
-    return load_file(out)
 
 
 def compare_arrays(dump, st, names, failures, tag):
@@ -126,7 +109,7 @@ def run_case(case, ci, args, tmp, failures, results):
     m = hf_load(dense_dir, dtype, quantize=True)  # transformers quantizes each Linear with bitsandbytes
     m.save_pretrained(hf_q)
     del m
-    st = tensors(hf_q)
+    st = folder_tensors(hf_q)
     names = linears(L)
     w0 = names[0]
     print("    saved:", sorted(k[len(w0):] or "<weight>" for k in st if k.startswith(w0)))
@@ -164,7 +147,7 @@ def run_case(case, ci, args, tmp, failures, results):
     # This engine's writer: transformers must read our bnb checkpoint as we do.
     ours_q = os.path.join(tmp, name + "_ours_q")
     subprocess.run([args.quantize, "--model", dense_dir, "--out", ours_q, "--dtype", dts], check=True)
-    ours = tensors(ours_q)
+    ours = folder_tensors(ours_q)
     hm = hf_load(ours_q, dtype, quantize=False)
     bad = []
     for w in names:

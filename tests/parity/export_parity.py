@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from hf_oracle import gemma2_model, padded_batch, rel
+from hf_oracle import folder_tensors, gemma2_model, padded_batch, rel
 
 # D, F, L, H, KV, HD, V, T, window
 DIMS = (64, 128, 2, 4, 2, 16, 101, 11, 8)
@@ -91,13 +91,6 @@ def main():
         run([args.dump, "--model", mdir, "--batch", bfile, "--out", out, "--adapter", adir] + extra, backend)
         return load_file(out)["logits"][real]
 
-    def weights(export_dir):
-        w = {}
-        for f in sorted(os.listdir(export_dir)):
-            if f.endswith(".safetensors"):
-                w.update(load_file(os.path.join(export_dir, f)))
-        return w
-
     f32 = base_and_adapter("f32", torch.float32)
     bf16 = base_and_adapter("bf16", torch.bfloat16)
     results, ok = [], True
@@ -110,7 +103,7 @@ def main():
             run([args.export, "--model", mdir, "--adapter", adir, "--out", edir, "--base", "16bit", "--dtype", "f32"]
                 + extra, backend)
             hf, _ = hf_logits(edir, ids, mask, real)
-            w = weights(edir)
+            w = folder_tensors(edir)
             worst = max((rel(w[k], merged[k]) + (k,) for k in merged if k in w), key=lambda t: t[1])
             row = {"case": case, "backend": backend, "logits": rel(hf, ours), "weights_vs_peft_merge": worst}
             if case == "16bit_shards":
@@ -138,7 +131,7 @@ def main():
             backend)
         with open(os.path.join(edir, "config.json")) as f:
             cfg_dtype = json.load(f).get("torch_dtype")
-        w = weights(edir)
+        w = folder_tensors(edir)
         # One bf16 ulp: f32 sums in a different order may round W' to the neighbouring bf16 value.
         ulp_ok, worst = True, (0.0, 0.0, "")
         for k, ref in merged.items():

@@ -12,12 +12,11 @@ against this engine's (bitsandbytes' AdamW order: decay after the update, a diff
   python3 tests/parity/gemma2_parity.py --dump build/gemma_dump [--backends cpu,cuda] [--json out.json]
 Exit status 1 when a comparison exceeds its tolerance.
 """
-import argparse, json, os, subprocess, sys, tempfile
+import argparse, json, os, sys, tempfile
 
 import torch
-from safetensors.torch import load_file
 
-from hf_oracle import gemma2_model, padded_batch, rel
+from hf_oracle import gemma2_model, padded_batch, rel, run_dump
 
 CASES = [
     # name, D, F, L, H, KV, HD, V, T, window, attn cap, final cap
@@ -37,14 +36,6 @@ def make_model(case, seed):
 
 def batch(case, seed):
     return padded_batch(case[7], case[8], seed)
-
-
-def run_dump(args, model_dir, bfile, out, backend, extra):
-    cmd = [args.dump, "--model", model_dir, "--batch", bfile, "--out", out] + extra
-    if backend == "cpu":
-        cmd.append("--cpu")
-    subprocess.run(cmd, check=True)
-    return load_file(out)
 
 
 def main():

@@ -1,6 +1,10 @@
 """tests/parity/hf_oracle.py: what the parity scripts share: random tiny Gemma-2 models made with transformers
-(the oracle), a right-padded token batch, and the error metric."""
+(the oracle), a right-padded token batch, the error metric, running gemma_dump and reading checkpoint folders."""
+import os
+import subprocess
+
 import torch
+from safetensors.torch import load_file
 from transformers import Gemma2Config, Gemma2ForCausalLM
 
 
@@ -32,6 +36,24 @@ def padded_batch(V, T, seed):
     labels = ids.clone()
     labels[mask == 0] = -100
     return ids, mask, labels
+
+
+def run_dump(args, model_dir, bfile, out, backend, extra):
+    """gemma_dump (args.dump) on a model folder and a batch file; its output tensors."""
+    cmd = [args.dump, "--model", model_dir, "--batch", bfile, "--out", out] + extra
+    if backend == "cpu":
+        cmd.append("--cpu")
+    subprocess.run(cmd, check=True)
+    return load_file(out)
+
+
+def folder_tensors(folder):
+    """Every tensor of the *.safetensors files in a checkpoint folder."""
+    out = {}
+    for f in sorted(os.listdir(folder)):
+        if f.endswith(".safetensors"):
+            out.update(load_file(os.path.join(folder, f)))
+    return out
 
 
 def rel(a, b):
