@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <set>
 
 #include "models/export.h"
 #include "models/gemma2.h"
@@ -176,6 +177,8 @@ void write_bnb_checkpoint(const std::string& src_dir, const std::string& out_dir
   std::error_code ec;
   ENGINE_CHECK(!(fs::exists(out_dir, ec) && fs::equivalent(src_dir, out_dir, ec)), out_dir,
                ": is the source folder; write the bitsandbytes checkpoint to another folder");
+  ENGINE_CHECK(!fs::exists(out_dir + "/model.safetensors.index.json", ec), out_dir, ": holds a sharded checkpoint ",
+               "(model.safetensors.index.json) that would shadow the model.safetensors written here; choose another folder");
   // The loader quantizes each linear as training would (from the weight materialised in quant_dtype).
   Gemma2Options o;
   o.compute_dtype = quant_dtype;
@@ -206,7 +209,7 @@ void write_bnb_checkpoint(const std::string& src_dir, const std::string& out_dir
   std::memcpy(quant_map.data(), ops::kNf4CodeBits, sizeof(ops::kNf4CodeBits));
   std::memcpy(nested_map.data(), ops::kDynamicMapBits, sizeof(ops::kDynamicMapBits));
   std::map<std::string, std::vector<std::pair<std::string, TensorView>>> quantized;  // weight -> its 6 tensors
-  std::map<std::string, bool> skip;  // a bnb source's own tensors: replaced by the ones written here
+  std::set<std::string> skip;  // a bnb source's own tensors: replaced by the ones written here
   for (const auto& [name, a] : arrays) {
     BnbQuantState s;
     s.quant_type = "nf4";
@@ -224,7 +227,7 @@ void write_bnb_checkpoint(const std::string& src_dir, const std::string& out_dir
     const std::vector<std::string> names = bnb_tensor_names(name);
     quantized[name] = {{names[0], a.packed},    {names[1], a.absmax_q},        {names[2], quant_map.view()},
                        {names[3], a.absmax2},   {names[4], nested_map.view()}, {names[5], bytes.view()}};
-    for (const std::string& n : names) skip[n] = true;
+    skip.insert(names.begin(), names.end());
   }
   // In the source's tensor order, each quantized weight followed by its quant state.
   std::vector<std::pair<std::string, TensorView>> tensors;

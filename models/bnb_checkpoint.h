@@ -59,7 +59,7 @@ ops::Nf4Storage load_bnb_nf4(engine::Engine& eng, const engine::SafetensorsCheck
 // "bfloat16" / "float16" / "float32" for f32/f16/bf16 (torch's names, as bnb and config.json write them).
 const char* torch_dtype_name(engine::DType t);
 
-// Writes `out_dir` (created; must not be src_dir) as a bitsandbytes 4-bit checkpoint of the Gemma-2 in src_dir:
+// Writes `out_dir` (created; must not be src_dir nor hold a sharded checkpoint's index) as a bitsandbytes 4-bit checkpoint of the Gemma-2 in src_dir:
 // each linear weight quantized exactly as Gemma2Model::load quantizes it (materialised in quant_dtype, f32/f16/
 // bf16, then ops::nf4_quantize on the engine's device), written in the layout above with quant_state dtype
 // quant_dtype; every other tensor copied as stored; config.json = src's with "quantization_config" added

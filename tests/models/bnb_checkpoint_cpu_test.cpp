@@ -390,7 +390,7 @@ TEST_F(BnbCpu, UnsupportedQuantizationConfigsAreRefused) {
             "(no error)");
 }
 
-TEST_F(BnbCpu, WriterRefusesItsSourceFolderAndNonFloatDtypes) {
+TEST_F(BnbCpu, WriterRefusesItsSourceAShardedFolderAndNonFloatDtypes) {
   try {
     write_bnb_checkpoint(dense_, dense_, DType::kBF16, eng_);
     ADD_FAILURE() << "no error";
@@ -398,6 +398,9 @@ TEST_F(BnbCpu, WriterRefusesItsSourceFolderAndNonFloatDtypes) {
     EXPECT_NE(std::string(e.what()).find("is the source folder"), std::string::npos) << e.what();
   }
   EXPECT_THROW(write_bnb_checkpoint(dense_, tmp_.file("x"), DType::kF64, eng_), engine::Error);
+  fs::create_directories(tmp_.file("sharded"));
+  engine::write_file_atomic(tmp_.file("sharded") + "/model.safetensors.index.json", "{}");
+  EXPECT_THROW(write_bnb_checkpoint(dense_, tmp_.file("sharded"), DType::kBF16, eng_), engine::Error);
   // A bnb source is rewritten with its own arrays.
   write_bnb_checkpoint(bnb_, tmp_.file("again"), DType::kBF16, eng_);
   engine::SafetensorsCheckpoint a(bnb_), b(tmp_.file("again"));
