@@ -107,18 +107,11 @@ Var lora_linear(Tape& tape, const Var& x, const FrozenLinear& base, const LoraBr
   Tensor ac, bc, t;  // A and B in x's dtype; t = dropout(x) A^T (n, r)
   if (lora != nullptr) {
     const int64_t r = lora->A.shape[0];
-    if (lora->Ac.defined() && lora->Bc.defined()) {
-      ENGINE_CHECK(lora->Ac.dtype == dt && lora->Bc.dtype == dt && lora->Ac.shape == lora->A.shape &&
-                       lora->Bc.shape == lora->B.shape,
-                   "lora_linear: the compute copies of A and B must have A's and B's shapes and x's dtype");
-      ac = Tensor(lora->Ac, nullptr);
-      bc = Tensor(lora->Bc, nullptr);
-    } else {
-      ac = eng.empty(lora->A.shape, dt);
-      bc = eng.empty(lora->B.shape, dt);
-      ops::cast(ac, lora->A, eng);
-      ops::cast(bc, lora->B, eng);
-    }
+    ENGINE_CHECK(lora->Ac.dtype == dt && lora->Bc.dtype == dt && lora->Ac.shape == lora->A.shape &&
+                     lora->Bc.shape == lora->B.shape && lora->Ac.defined() && lora->Bc.defined(),
+                 "lora_linear: the compute copies of A and B must have A's and B's shapes and x's dtype");
+    ac = Tensor(lora->Ac, nullptr);
+    bc = Tensor(lora->Bc, nullptr);
     Tensor xa_buf;
     TensorView xa = x.t();
     if (lora->dropout > 0.f) {

@@ -33,13 +33,12 @@ struct FrozenLinear {
 // A LoRA branch: master A (r, in), B (out, r) and their gradients (+=), f32 (f64 for CPU checks).
 struct LoraBranch {
   TensorView A, B, dA, dB;
-  TensorView Ac, Bc;  // A and B already in x's dtype (the model casts all adapters once per forward), or
-                      // undefined: lora_linear casts A and B itself
+  TensorView Ac, Bc;  // A and B in x's dtype: the model casts all adapters once per forward
   float scaling = 1.f;
   float dropout = 0.f;
   uint64_t seed = 0, stream = 0, offset = 0;  // Philox key of the dropout mask
 };
-// y = x W^T + scaling * (dropout(x) A^T) B^T (SPEC.md §4.1). A and B are cast to x's dtype for the GEMMs;
+// y = x W^T + scaling * (dropout(x) A^T) B^T (SPEC.md §4.1). The GEMMs take A and B in x's dtype (Ac, Bc);
 // the LoRA GEMM accumulates into y (beta = 1), so y is rounded once where peft rounds B's output, the
 // scaling and the sum separately (a documented, bounded difference). No gradient for the base weight; dA,
 // dB accumulate; dropout masks are regenerated in backward.

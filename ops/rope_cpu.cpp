@@ -35,6 +35,23 @@ void rope_cos_sin(int32_t position, int64_t k, const RopeParams& p, DType t, dou
   *s = engine::round_to(t, std::sin(f));
 }
 
+// Calls f(i1, i2, c, s) for every rotated pair (x[i1], x[i2] = x[i1 + half]) with its cos/sin.
+template <typename F>
+void for_each_pair(TensorView pos, const RopeParams& p, DType t, F f) {
+  const int64_t half = p.head_dim / 2;
+  for (int64_t n = 0; n < p.tokens; ++n) {
+    const int32_t position = pos.ptr<const int32_t>()[n];
+    for (int64_t k = 0; k < half; ++k) {
+      double c, s;
+      rope_cos_sin(position, k, p, t, &c, &s);
+      for (int64_t h = 0; h < p.heads; ++h) {
+        const int64_t i1 = (n * p.heads + h) * p.head_dim + k;
+        f(i1, i1 + half, c, s);
+      }
+    }
+  }
+}
+
 }  // namespace
 
 namespace cpu {
@@ -42,47 +59,27 @@ namespace cpu {
 void rope_forward(TensorView y, TensorView x, TensorView pos, const RopeParams& p) {
   rope_check(y, x, pos, p);
   const DType t = x.dtype;
-  const int64_t half = p.head_dim / 2;
-  for (int64_t n = 0; n < p.tokens; ++n) {
-    const int32_t position = pos.ptr<const int32_t>()[n];
-    for (int64_t k = 0; k < half; ++k) {
-      double c, s;
-      rope_cos_sin(position, k, p, t, &c, &s);
-      for (int64_t h = 0; h < p.heads; ++h) {
-        const int64_t i1 = (n * p.heads + h) * p.head_dim + k, i2 = i1 + half;
-        const double x1 = engine::load_f64(x.data, t, i1), x2 = engine::load_f64(x.data, t, i2);
-        // Both halves are read before either is written: y may alias x.
-        const double y1 = engine::round_to(t, x1 * c) + engine::round_to(t, -x2 * s);
-        const double y2 = engine::round_to(t, x2 * c) + engine::round_to(t, x1 * s);
-        engine::store_f64(y.data, t, i1, y1);
-        engine::store_f64(y.data, t, i2, y2);
-      }
-    }
-  }
+  for_each_pair(pos, p, t, [&](int64_t i1, int64_t i2, double c, double s) {
+    const double x1 = engine::load_f64(x.data, t, i1), x2 = engine::load_f64(x.data, t, i2);
+    // Both halves are read before either is written: y may alias x.
+    engine::store_f64(y.data, t, i1, engine::round_to(t, x1 * c) + engine::round_to(t, -x2 * s));
+    engine::store_f64(y.data, t, i2, engine::round_to(t, x2 * c) + engine::round_to(t, x1 * s));
+  });
 }
 
 void rope_backward(TensorView dx, Accum dx_mode, TensorView dy, TensorView pos, const RopeParams& p) {
   rope_check(dx, dy, pos, p);
   const DType t = dy.dtype;
-  const int64_t half = p.head_dim / 2;
-  for (int64_t n = 0; n < p.tokens; ++n) {
-    const int32_t position = pos.ptr<const int32_t>()[n];
-    for (int64_t k = 0; k < half; ++k) {
-      double c, s;
-      rope_cos_sin(position, k, p, t, &c, &s);
-      for (int64_t h = 0; h < p.heads; ++h) {
-        const int64_t i1 = (n * p.heads + h) * p.head_dim + k, i2 = i1 + half;
-        const double dy1 = engine::load_f64(dy.data, t, i1), dy2 = engine::load_f64(dy.data, t, i2);
-        double dx1 = dy1 * c + dy2 * s, dx2 = dy2 * c - dy1 * s;
-        if (dx_mode == Accum::kAdd) {
-          dx1 += engine::load_f64(dx.data, t, i1);
-          dx2 += engine::load_f64(dx.data, t, i2);
-        }
-        engine::store_f64(dx.data, t, i1, dx1);
-        engine::store_f64(dx.data, t, i2, dx2);
-      }
+  for_each_pair(pos, p, t, [&](int64_t i1, int64_t i2, double c, double s) {
+    const double dy1 = engine::load_f64(dy.data, t, i1), dy2 = engine::load_f64(dy.data, t, i2);
+    double dx1 = dy1 * c + dy2 * s, dx2 = dy2 * c - dy1 * s;
+    if (dx_mode == Accum::kAdd) {
+      dx1 += engine::load_f64(dx.data, t, i1);
+      dx2 += engine::load_f64(dx.data, t, i2);
     }
-  }
+    engine::store_f64(dx.data, t, i1, dx1);
+    engine::store_f64(dx.data, t, i2, dx2);
+  });
 }
 
 }  // namespace cpu
