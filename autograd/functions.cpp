@@ -3,6 +3,7 @@
 #include "autograd/functions.h"
 
 #include "ops/elementwise.h"
+#include "ops/lora_down.h"
 #include "ops/matmul.h"
 
 namespace autograd {
@@ -92,6 +93,17 @@ TensorView base_weight(const FrozenLinear& b, DType dtype, Engine& eng) {
   ops::nf4_dequantize(w, b.nf4, eng);
   return w;
 }
+ops::LoraDownParams lora_down_params(const LoraBranch& l, int64_t n, int64_t in) {
+  ops::LoraDownParams p;
+  p.n = n; p.in = in; p.r = l.A.shape[0]; p.p = l.dropout;
+  p.seed = l.seed; p.stream = l.stream; p.offset = l.offset;
+  return p;
+}
+// The CUDA kernels' f32 partials (t's column chunks, dA's row slabs); the CPU reference needs none.
+Tensor lora_down_workspace(const TensorView& x, int64_t n, int64_t in, int64_t r, Engine& eng) {
+  if (x.device != engine::Device::kCUDA) return Tensor();
+  return eng.empty({ops::lora_down_workspace_elems(n, in, r)}, DType::kF32);
+}
 }  // namespace
 
 Var lora_linear(Tape& tape, const Var& x, const FrozenLinear& base, const LoraBranch* lora) {
@@ -112,17 +124,21 @@ Var lora_linear(Tape& tape, const Var& x, const FrozenLinear& base, const LoraBr
                  "lora_linear: the compute copies of A and B must have A's and B's shapes and x's dtype");
     ac = Tensor(lora->Ac, nullptr);
     bc = Tensor(lora->Bc, nullptr);
-    Tensor xa_buf;
-    TensorView xa = x.t();
-    if (lora->dropout > 0.f) {
-      xa_buf = eng.empty(x.shape(), dt);
-      ops::dropout_forward(xa_buf, x.t(), {x.numel(), lora->dropout, lora->seed, lora->stream, lora->offset}, eng);
-      xa = xa_buf;
-    }
     t = eng.empty({n, r}, dt);
-    ops::MatmulParams pa;
-    pa.m = n; pa.n = r; pa.k = in; pa.trans_b = true;
-    ops::matmul(t, xa, ac, pa, eng);
+    if (ops::lora_down_fusable(in, r)) {  // dropout fused into the down-projection: no dropout(x) buffer
+      ops::lora_down_forward(t, x.t(), ac, lora_down_workspace(x.t(), n, in, r, eng), lora_down_params(*lora, n, in), eng);
+    } else {
+      Tensor xa_buf;
+      TensorView xa = x.t();
+      if (lora->dropout > 0.f) {
+        xa_buf = eng.empty(x.shape(), dt);
+        ops::dropout_forward(xa_buf, x.t(), {x.numel(), lora->dropout, lora->seed, lora->stream, lora->offset}, eng);
+        xa = xa_buf;
+      }
+      ops::MatmulParams pa;
+      pa.m = n; pa.n = r; pa.k = in; pa.trans_b = true;
+      ops::matmul(t, xa, ac, pa, eng);
+    }
     ops::MatmulParams pb;
     pb.m = n; pb.n = out_f; pb.k = r; pb.trans_b = true; pb.alpha = lora->scaling; pb.beta = 1.f;
     ops::matmul(y.t(), t, bc, pb, eng);
@@ -155,6 +171,12 @@ Var lora_linear(Tape& tape, const Var& x, const FrozenLinear& base, const LoraBr
         ops::MatmulParams p;
         p.m = n; p.n = r; p.k = out_f; p.alpha = lb.scaling;
         ops::matmul(dt_buf, dy, bc, p, e);
+      }
+      if (ops::lora_down_fusable(in, r)) {  // dA += dt^T dropout(x), dx += dropout_backward(dt @ A): one pass
+        const ops::LoraDownParams lp = lora_down_params(lb, n, in);
+        ops::lora_down_backward(lb.dA, want_dx ? g.grad(dx_ref) : TensorView{}, Accum::kAdd, dt_buf, xs.t(), ac,
+                                lora_down_workspace(xs.t(), n, in, r, e), lp, e);
+        return;
       }
       Tensor xa_buf;
       TensorView xa = xs.t();

@@ -41,7 +41,8 @@ struct LoraBranch {
 // y = x W^T + scaling * (dropout(x) A^T) B^T (SPEC.md §4.1). The GEMMs take A and B in x's dtype (Ac, Bc);
 // the LoRA GEMM accumulates into y (beta = 1), so y is rounded once where peft rounds B's output, the
 // scaling and the sum separately (a documented, bounded difference). No gradient for the base weight; dA,
-// dB accumulate; dropout masks are regenerated in backward.
+// dB accumulate; dropout masks are regenerated in backward. When ops::lora_down_fusable(in, r), the dropout
+// is fused into the down-projection (forward) and into the dA / dx pass (backward): x' is never stored.
 Var lora_linear(Tape& tape, const Var& x, const FrozenLinear& base, const LoraBranch* lora);
 // out = a + b (residual add, one rounding).
 Var add(Tape& tape, const Var& a, const Var& b);

@@ -47,4 +47,17 @@ void report_bytes(benchmark::State& state, double bytes_per_iter);
 // Sets TFLOP/s and %peak counters.
 void report_flops(benchmark::State& state, double flops_per_iter);
 
+// Times `op` (launches on the engine's stream) per iteration with a cold L2.
+template <typename Op>
+void time_loop(benchmark::State& state, Engine& eng, Op op) {
+  L2Flush flush(eng);
+  CudaEventTimer timer;
+  for (auto _ : state) {
+    flush(eng.stream());
+    timer.start(eng.stream());
+    op();
+    state.SetIterationTime(timer.stop_seconds(eng.stream()));
+  }
+}
+
 }  // namespace bench

@@ -56,4 +56,33 @@ ENGINE_HD float philox_normal(uint64_t seed, uint64_t stream, uint64_t index) {
   return sqrtf(-2.0f * logf(u1)) * cosf(6.2831853071795864f * u2);
 }
 
+// Dropout masks (ops/dropout.h, ops/lora_down.h): 16 random bits per element, so one Philox call serves 8
+// elements: element i of stream s is half-word i % 8 (low half of word (i % 8) / 2 first) of counter i / 8.
+// keep = h / 65536 >= p: the drop probability is ceil(65536 p) / 65536, within 1.6e-5 of p.
+ENGINE_HD uint32_t philox_half(const Philox4& r, int k) {
+  const uint32_t w = r.v[k >> 1];
+  return (k & 1) ? w >> 16 : w & 0xFFFFu;
+}
+ENGINE_HD uint32_t philox_u16(uint64_t seed, uint64_t stream, uint64_t index) {
+  return philox_half(philox4x32_10(seed, index >> 3, stream), int(index & 7));
+}
+ENGINE_HD bool dropout_keep(uint32_t h16, float p) { return float(h16) * (1.0f / 65536.0f) >= p; }
+
+// Keep bits (bit k: element first + k) of the 8 consecutive elements first .. first + 7, where
+// first % 8 == SH (a template parameter, so the half-word selection compiles to register moves): one Philox
+// call when SH == 0, two otherwise.
+template <int SH>
+ENGINE_HD unsigned dropout_keep8(uint64_t seed, uint64_t stream, uint64_t first, float p) {
+  const uint64_t c = first >> 3;
+  const Philox4 r0 = philox4x32_10(seed, c, stream);
+  Philox4 r1 = r0;
+  if (SH != 0) r1 = philox4x32_10(seed, c + 1, stream);
+  unsigned keep = 0;
+  for (int k = 0; k < 8; ++k) {
+    const uint32_t h = SH + k < 8 ? philox_half(r0, SH + k) : philox_half(r1, SH + k - 8);
+    keep |= unsigned(dropout_keep(h, p)) << k;
+  }
+  return keep;
+}
+
 }  // namespace engine

@@ -131,7 +131,9 @@ TrainBenchResult run_train_bench(const TrainBenchConfig& cfg, engine::Engine& en
   r.managed_bytes = oc.paged ? size_t(2 * lora.num_params()) * sizeof(float) : 0;
 
   // Every micro-batch's tokens, made and uploaded before the loop: uniform ids, full length, labels = ids.
-  // Rank r of W draws global micro-batch s * W + r (one rank: micro-batch s, as before data parallel).
+  // Rows are numbered globally: micro-batch s of rank r holds rows (s * W + r) * B ... + B - 1 of the global
+  // sequence, so W ranks x batch B see the same rows per accumulation step as 1 rank x batch W * B (the
+  // data-parallel equivalence check compares their losses).
   engine::Communicator* comm = eng.comm();
   const int W = eng.world_size(), rank = eng.rank();
   r.world_size = W;
@@ -139,8 +141,11 @@ TrainBenchResult run_train_bench(const TrainBenchConfig& cfg, engine::Engine& en
   std::vector<Batch> batches;
   for (int64_t s = 0; s < total * GA; ++s) {
     std::vector<int32_t> ids(size_t(B * T));
-    for (size_t i = 0; i < ids.size(); ++i)
-      ids[i] = int32_t(engine::philox_u32(cfg.seed, 0x746f6b656e73ull + uint64_t(s * W + rank), i) % uint64_t(V));
+    for (int64_t b = 0; b < B; ++b) {
+      const uint64_t row = uint64_t((s * W + rank) * B + b);
+      for (int64_t t = 0; t < T; ++t)
+        ids[size_t(b * T + t)] = int32_t(engine::philox_u32(cfg.seed, 0x746f6b656e73ull + row, uint64_t(t)) % uint64_t(V));
+    }
     batches.push_back(make_batch(eng, B, T, ids, {}, ids));
   }
   Tensor loss_sum = eng.empty({1}, DType::kF32), n_valid = eng.empty({1}, DType::kI32);
@@ -268,6 +273,7 @@ std::string json_line(const TrainBenchResult& r) {
   j["hfu"] = r.hfu;
   j["first_loss"] = r.losses.empty() ? 0.0 : r.losses.front();
   j["last_loss"] = r.losses.empty() ? 0.0 : r.losses.back();
+  j["losses"] = r.losses;  // every step, warm-up included
   j["skipped_steps"] = r.skipped_steps;
   j["build_s"] = r.build_s;
   return j.dump();

@@ -10,11 +10,6 @@
 namespace ops {
 namespace {
 
-template <typename T, int N>
-struct alignas(sizeof(T) * N) Vec {
-  T v[N];
-};
-
 template <typename T>
 __device__ __forceinline__ float round_act(float v) {
   return to_f32(from_f32<T>(v));

@@ -5,6 +5,9 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <cstdint>
+#include <type_traits>
+
 #include "engine/check.h"
 #include "engine/tensor.h"
 
@@ -19,6 +22,13 @@ template <typename T> __device__ __forceinline__ T from_f32(float v);
 template <> __device__ __forceinline__ float from_f32<float>(float v) { return v; }
 template <> __device__ __forceinline__ __half from_f32<__half>(float v) { return __float2half_rn(v); }
 template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+
+// V elements of T moved as one aligned access (16 bytes of f16/bf16 at V = 8; f32 at V = 8 is two 16-byte
+// accesses). Callers check the alignment of every pointer they cast.
+template <typename T, int V>
+struct alignas(sizeof(T) * V) Vec {
+  T v[V];
+};
 
 __device__ __forceinline__ float warp_sum(float v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
@@ -47,6 +57,23 @@ __device__ __forceinline__ float block_max(float v, float* smem) {
   __syncthreads();
   v = lane < nwarps ? smem[lane] : -INFINITY;
   return warp_max(v);
+}
+
+// Calls f(std::integral_constant<int, v>{}) with v = value % 8 as a compile-time constant (e.g. the position
+// of an 8-element vector within a Philox counter of dropout randoms, engine/philox.h).
+template <typename F>
+void dispatch_mod8(uint64_t value, F f) {
+  using std::integral_constant;
+  switch (value & 7) {
+    case 0: f(integral_constant<int, 0>{}); break;
+    case 1: f(integral_constant<int, 1>{}); break;
+    case 2: f(integral_constant<int, 2>{}); break;
+    case 3: f(integral_constant<int, 3>{}); break;
+    case 4: f(integral_constant<int, 4>{}); break;
+    case 5: f(integral_constant<int, 5>{}); break;
+    case 6: f(integral_constant<int, 6>{}); break;
+    default: f(integral_constant<int, 7>{});
+  }
 }
 
 }  // namespace ops

@@ -1,6 +1,8 @@
-// ops/dropout.cu: LoRA dropout kernels (SPEC.md §4.1). One thread per Philox counter: a counter yields the
-// random words of 4 consecutive stream indices, so one Philox call serves 4 elements (offset need not be a
-// multiple of 4: the first and last counters are partial). Memory-bound for 16-bit data.
+// ops/dropout.cu: LoRA dropout kernels (SPEC.md §4.1). One Philox counter yields the 16-bit randoms of 8
+// consecutive stream indices (engine/philox.h). Fast path (both pointers 8-element aligned): a thread owns
+// 8 consecutive elements, moved as one vector, whose randoms come from one counter (two when offset % 8 !=
+// 0; the shift is a template parameter so the selection stays in registers). Otherwise one thread per
+// element with scalar accesses. Both give the same values (same randoms, same f32 math).
 #include <algorithm>
 #include <cstdint>
 
@@ -11,44 +13,61 @@
 namespace ops {
 namespace {
 
-constexpr int kBlock = 256;
+constexpr int kBlock = 256, kV = 8;
 
-// kDrop = false is p = 0: a (converting) copy, no random numbers.
-template <typename TO, typename TI, bool kDrop>
-__global__ void dropout_kernel(TO* out, bool accumulate, const TI* in, DropoutParams p,
-                               float scale) {
-  const uint64_t c0 = p.offset >> 2, counters = ((p.offset + uint64_t(p.n) - 1) >> 2) - c0 + 1;
-  for (uint64_t t = uint64_t(blockIdx.x) * blockDim.x + threadIdx.x; t < counters;
-       t += uint64_t(gridDim.x) * blockDim.x) {
-    const uint64_t c = c0 + t;
-    engine::Philox4 r{};
-    if (kDrop) r = engine::philox4x32_10(p.seed, c, p.stream);
+// keep ? x * scale : 0 (+ old), one f32 rounding to TO.
+template <typename TO>
+__device__ __forceinline__ TO drop_one(float x, bool keep, float scale, bool accumulate, TO old) {
+  float v = keep ? __fmul_rn(x, scale) : 0.f;
+  if (accumulate) v = __fadd_rn(v, to_f32(old));
+  return from_f32<TO>(v);
+}
+
+// Thread t owns elements [8t, 8t + 8): stream indices offset + 8t ..., all at offset % 8 == SH in their
+// counter. The scalar tail [nvec * 8, n) draws one counter per element.
+template <typename TO, typename TI, bool kDrop, int SH>
+__global__ void dropout_vec_kernel(TO* out, bool accumulate, const TI* in, DropoutParams p, float scale,
+                                   int64_t nvec) {
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t t = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; t < nvec; t += stride) {
+    const unsigned keep = kDrop ? engine::dropout_keep8<SH>(p.seed, p.stream, p.offset + uint64_t(t) * kV, p.p) : 0xFFu;
+    const Vec<TI, kV> x = reinterpret_cast<const Vec<TI, kV>*>(in)[t];
+    Vec<TO, kV> o;
+    if (accumulate) o = reinterpret_cast<const Vec<TO, kV>*>(out)[t];
 #pragma unroll
-    for (int w = 0; w < 4; ++w) {
-      const int64_t i = int64_t(4 * c + w - p.offset);  // element index; index 4c+w of the stream
-      if (i < 0 || i >= p.n) continue;
-      const bool keep = !kDrop || engine::philox_unit(r.v[w]) >= p.p;  // as engine::philox_uniform
-      float v = keep ? __fmul_rn(to_f32(in[i]), scale) : 0.f;
-      if (accumulate) v = __fadd_rn(v, to_f32(out[i]));
-      out[i] = from_f32<TO>(v);
-    }
+    for (int k = 0; k < kV; ++k) o.v[k] = drop_one<TO>(to_f32(x.v[k]), (keep >> k) & 1u, scale, accumulate, o.v[k]);
+    reinterpret_cast<Vec<TO, kV>*>(out)[t] = o;
   }
+  for (int64_t i = nvec * kV + int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < p.n; i += stride) {
+    const bool keep = !kDrop || engine::dropout_keep(engine::philox_u16(p.seed, p.stream, p.offset + uint64_t(i)), p.p);
+    out[i] = drop_one<TO>(to_f32(in[i]), keep, scale, accumulate, accumulate ? out[i] : TO{});
+  }
+}
+
+bool vec_aligned(const TensorView& t) {
+  return reinterpret_cast<uintptr_t>(t.data) % (engine::dtype_size(t.dtype) * kV) == 0;
 }
 
 void launch(TensorView out, bool accumulate, TensorView in, const DropoutParams& p, cudaStream_t stream) {
   if (p.n == 0) return;
   const float scale = 1.0f / (1.0f - p.p);
-  const int64_t counters = int64_t(((p.offset + uint64_t(p.n) - 1) >> 2) - (p.offset >> 2) + 1);
   int dev = 0, sms = 0;
   CUDA_CHECK(cudaGetDevice(&dev));
   CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-  // One counter per thread until every SM is full a few times over; then grid-stride.
-  const unsigned grid = unsigned(std::min<int64_t>((counters + kBlock - 1) / kBlock, 32 * int64_t(sms)));
+  // Misaligned pointers: no vectors, every element in the scalar loop.
+  const int64_t nvec = vec_aligned(out) && vec_aligned(in) ? p.n / kV : 0;
+  const int64_t threads = std::max<int64_t>(nvec, nvec == 0 ? p.n : 1);
+  const unsigned grid = unsigned(std::max<int64_t>(1, std::min<int64_t>((threads + kBlock - 1) / kBlock, 16 * int64_t(sms))));
   OPS_DISPATCH_FLOAT(out.dtype, TO, OPS_DISPATCH_FLOAT(in.dtype, TI,
-    if (p.p > 0.0f)
-      dropout_kernel<TO, TI, true><<<grid, kBlock, 0, stream>>>(out.ptr<TO>(), accumulate, in.ptr<const TI>(), p, scale);
-    else
-      dropout_kernel<TO, TI, false><<<grid, kBlock, 0, stream>>>(out.ptr<TO>(), accumulate, in.ptr<const TI>(), p, scale)));
+    if (p.p > 0.0f) {
+      dispatch_mod8(p.offset, [&](auto sh) {
+        dropout_vec_kernel<TO, TI, true, decltype(sh)::value><<<grid, kBlock, 0, stream>>>(
+            out.ptr<TO>(), accumulate, in.ptr<const TI>(), p, scale, nvec);
+      });
+    } else {
+      dropout_vec_kernel<TO, TI, false, 0><<<grid, kBlock, 0, stream>>>(out.ptr<TO>(), accumulate,
+                                                                         in.ptr<const TI>(), p, scale, nvec);
+    }));
   CUDA_CHECK_LAST();
 }
 

@@ -1,5 +1,6 @@
 // ops/dropout.h: LoRA dropout on the input of the LoRA branch (SPEC.md §4.1)
-//   keep_i = philox_uniform(seed, stream, offset + i) >= p          (engine/philox.h: same mask on CPU and CUDA)
+//   keep_i = philox_u16(seed, stream, offset + i) / 65536 >= p      (engine/philox.h: same mask on CPU and CUDA;
+//            16 random bits per element, so the drop rate is ceil(65536 p) / 65536, within 1.6e-5 of p)
 //   y_i    = x_i * keep_i * scale,   scale = 1/(1-p) computed once in f32 (torch multiplies by a precomputed
 //            f32 scale too); the product is in f32 (f64 on CPU) and rounded once to y's dtype.
 //   x, y: (n) any float dtype each (f32/f16/bf16; f64 on CPU), e.g. bf16 -> f32 fuses the cast before lora_A.

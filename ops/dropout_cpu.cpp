@@ -21,12 +21,12 @@ namespace {
 
 void dropout_apply(TensorView out, bool accumulate, TensorView in, const DropoutParams& p) {
   const float scale = 1.0f / (1.0f - p.p);
-  engine::Philox4 block{};  // one Philox call gives the words of 4 consecutive indices (engine::philox_u32)
+  engine::Philox4 block{};  // one Philox call gives the 16-bit randoms of 8 consecutive indices
   uint64_t block_id = ~uint64_t(0);
   for (int64_t i = 0; i < p.n; ++i) {
     const uint64_t idx = p.offset + uint64_t(i);
-    if (p.p != 0.0f && idx >> 2 != block_id) block = engine::philox4x32_10(p.seed, block_id = idx >> 2, p.stream);
-    const bool keep = p.p == 0.0f || engine::philox_unit(block.v[idx & 3]) >= p.p;
+    if (p.p != 0.0f && idx >> 3 != block_id) block = engine::philox4x32_10(p.seed, block_id = idx >> 3, p.stream);
+    const bool keep = p.p == 0.0f || engine::dropout_keep(engine::philox_half(block, int(idx & 7)), p.p);
     double v = keep ? engine::load_f64(in.data, in.dtype, i) * double(scale) : 0.0;
     if (accumulate) v += engine::load_f64(out.data, out.dtype, i);
     engine::store_f64(out.data, out.dtype, i, v);

@@ -13,10 +13,6 @@ namespace {
 constexpr int kVec = 8;
 constexpr int kBlock = 256;
 
-template <typename T>
-struct alignas(kVec * sizeof(T)) Vec {
-  T v[kVec];
-};
 
 struct Add {
   __device__ float operator()(float a, float b) const { return a + b; }
@@ -37,11 +33,11 @@ template <typename TO, typename TX, typename Op>
 __global__ void unary_kernel(TO* out, const TX* x, int64_t n, int64_t nvec, Op op) {
   const int64_t t0 = int64_t(blockIdx.x) * blockDim.x + threadIdx.x, stride = int64_t(gridDim.x) * blockDim.x;
   for (int64_t v = t0; v < nvec; v += stride) {
-    const Vec<TX> xv = reinterpret_cast<const Vec<TX>*>(x)[v];
-    Vec<TO> o;
+    const Vec<TX, kVec> xv = reinterpret_cast<const Vec<TX, kVec>*>(x)[v];
+    Vec<TO, kVec> o;
 #pragma unroll
     for (int k = 0; k < kVec; ++k) o.v[k] = from_f32<TO>(op(to_f32(xv.v[k])));
-    reinterpret_cast<Vec<TO>*>(out)[v] = o;
+    reinterpret_cast<Vec<TO, kVec>*>(out)[v] = o;
   }
   for (int64_t i = nvec * kVec + t0; i < n; i += stride) out[i] = from_f32<TO>(op(to_f32(x[i])));
 }
@@ -51,18 +47,18 @@ template <typename TO, typename TA, typename TB, typename Op>
 __global__ void binary_kernel(TO* out, const TA* a, const TB* b, int64_t n, int64_t nvec, Op op) {
   const int64_t t0 = int64_t(blockIdx.x) * blockDim.x + threadIdx.x, stride = int64_t(gridDim.x) * blockDim.x;
   for (int64_t v = t0; v < nvec; v += stride) {
-    const Vec<TA> av = reinterpret_cast<const Vec<TA>*>(a)[v];
-    const Vec<TB> bv = reinterpret_cast<const Vec<TB>*>(b)[v];
-    Vec<TO> o;
+    const Vec<TA, kVec> av = reinterpret_cast<const Vec<TA, kVec>*>(a)[v];
+    const Vec<TB, kVec> bv = reinterpret_cast<const Vec<TB, kVec>*>(b)[v];
+    Vec<TO, kVec> o;
 #pragma unroll
     for (int k = 0; k < kVec; ++k) o.v[k] = from_f32<TO>(op(to_f32(av.v[k]), to_f32(bv.v[k])));
-    reinterpret_cast<Vec<TO>*>(out)[v] = o;
+    reinterpret_cast<Vec<TO, kVec>*>(out)[v] = o;
   }
   for (int64_t i = nvec * kVec + t0; i < n; i += stride) out[i] = from_f32<TO>(op(to_f32(a[i]), to_f32(b[i])));
 }
 
 template <typename T>
-bool vec_aligned(const T* p) { return reinterpret_cast<uintptr_t>(p) % sizeof(Vec<T>) == 0; }
+bool vec_aligned(const T* p) { return reinterpret_cast<uintptr_t>(p) % sizeof(Vec<T, kVec>) == 0; }
 
 // Enough blocks for one work item per thread, capped at 16 blocks per SM (full occupancy; the grid-stride
 // loop takes the rest).

@@ -11,10 +11,6 @@ namespace {
 
 constexpr int kVec = 8;  // elements per vector: 16 bytes of bf16/f16, 32 bytes (two 16-byte accesses) of f32
 
-template <typename T>
-struct alignas(kVec * sizeof(T)) Vec {
-  T v[kVec];
-};
 
 // table element -> output element: one rounding in the table dtype, then out's dtype (a no-op when equal).
 template <typename TT, typename TO>
@@ -33,16 +29,16 @@ __global__ void embedding_forward_kernel(TO* __restrict__ out, const int32_t* __
     TO* orow = out + row * p.dim;                               // (D)
     if (vec) {
       for (int64_t j = threadIdx.x; j < p.dim / kVec; j += blockDim.x) {
-        Vec<TO> o;
+        Vec<TO, kVec> o;
         if (valid) {
-          const Vec<TT> e = reinterpret_cast<const Vec<TT>*>(er)[j];
+          const Vec<TT, kVec> e = reinterpret_cast<const Vec<TT, kVec>*>(er)[j];
 #pragma unroll
           for (int k = 0; k < kVec; ++k) o.v[k] = scaled<TT, TO>(e.v[k], s);
         } else {
 #pragma unroll
           for (int k = 0; k < kVec; ++k) o.v[k] = from_f32<TO>(0.f);
         }
-        reinterpret_cast<Vec<TO>*>(orow)[j] = o;
+        reinterpret_cast<Vec<TO, kVec>*>(orow)[j] = o;
       }
     } else {
       for (int64_t c = threadIdx.x; c < p.dim; c += blockDim.x)
@@ -86,7 +82,7 @@ void embedding_forward(TensorView out, TensorView ids, TensorView table, const E
   if (p.tokens == 0) return;
   const float s = rounded_scale(table.dtype, p.scale);
   OPS_DISPATCH_FLOAT(table.dtype, TT, OPS_DISPATCH_FLOAT(out.dtype, TO, {
-    const bool vec = p.dim % kVec == 0 && aligned(table.data, sizeof(Vec<TT>)) && aligned(out.data, sizeof(Vec<TO>));
+    const bool vec = p.dim % kVec == 0 && aligned(table.data, sizeof(Vec<TT, kVec>)) && aligned(out.data, sizeof(Vec<TO, kVec>));
     embedding_forward_kernel<TT, TO><<<grid_for(p.tokens), block_for(vec ? p.dim / kVec : p.dim), 0, stream>>>(
         out.ptr<TO>(), ids.ptr<const int32_t>(), table.ptr<const TT>(), p, s, vec);
   }));

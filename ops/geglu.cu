@@ -14,11 +14,6 @@ constexpr int kBlock = 128;  // F = 9216 bf16 is 1152 vectors: 9 full blocks per
 constexpr float kBeta = float(M_SQRT2 * M_2_SQRTPI * 0.5);  // sqrt(2/pi)
 constexpr float kKappa = 0.044715f;
 
-template <typename T, int V>
-struct alignas(sizeof(T) * V) Vec {
-  T v[V];
-};
-
 __device__ __forceinline__ float gelu_tanh(float x) {
   const float inner = kBeta * (x + kKappa * (x * x * x));
   return 0.5f * x * (1.f + tanhf(inner));

@@ -1,4 +1,6 @@
-// ops/rmsnorm.cu: Gemma RMSNorm kernels. One block per row; f32 math throughout (SPEC.md §1.2).
+// ops/rmsnorm.cu: Gemma RMSNorm kernels, f32 math throughout (SPEC.md §1.2). Rows of 8-element vectors
+// (cols % 8 == 0, aligned pointers: every activation of the model): one warp per row, 16-byte accesses, the
+// row sum in shuffles only. Otherwise (and for the backward with dw): one block per row, scalar accesses.
 #include "ops/cuda_common.cuh"
 #include "ops/rmsnorm.h"
 
@@ -61,6 +63,91 @@ __global__ void rmsnorm_backward_kernel(T* __restrict__ dx, bool accumulate, flo
   }
 }
 
+constexpr int kV = 8, kRowsPerBlock = 8;  // warps per block of the vector kernels
+
+template <typename T>
+__device__ __forceinline__ void load_w8(const float* w, int64_t v, float (&o)[kV]) {
+  const float4 a = reinterpret_cast<const float4*>(w)[2 * v], b = reinterpret_cast<const float4*>(w)[2 * v + 1];
+  o[0] = 1.f + a.x; o[1] = 1.f + a.y; o[2] = 1.f + a.z; o[3] = 1.f + a.w;
+  o[4] = 1.f + b.x; o[5] = 1.f + b.y; o[6] = 1.f + b.z; o[7] = 1.f + b.w;
+}
+
+template <typename T>
+__global__ void rmsnorm_forward_vec_kernel(T* __restrict__ y, float* __restrict__ rstd, const T* __restrict__ x,
+                                           const float* __restrict__ w, RmsNormParams p) {
+  const int64_t row = int64_t(blockIdx.x) * kRowsPerBlock + (threadIdx.x >> 5);
+  const int lane = threadIdx.x & 31;
+  if (row >= p.rows) return;
+  const Vec<T, kV>* xr = reinterpret_cast<const Vec<T, kV>*>(x + row * p.cols);
+  Vec<T, kV>* yr = reinterpret_cast<Vec<T, kV>*>(y + row * p.cols);
+  const int64_t nv = p.cols / kV;
+  float ss = 0.f;
+  for (int64_t v = lane; v < nv; v += 32) {
+    const Vec<T, kV> xv = xr[v];
+#pragma unroll
+    for (int k = 0; k < kV; ++k) ss += to_f32(xv.v[k]) * to_f32(xv.v[k]);
+  }
+  ss = warp_sum(ss);
+  const float rs = rsqrtf(ss / float(p.cols) + p.eps);
+  if (lane == 0) rstd[row] = rs;
+  for (int64_t v = lane; v < nv; v += 32) {
+    const Vec<T, kV> xv = xr[v];
+    float w1[kV];
+    load_w8<T>(w, v, w1);
+    Vec<T, kV> o;
+#pragma unroll
+    for (int k = 0; k < kV; ++k) o.v[k] = from_f32<T>((to_f32(xv.v[k]) * rs) * w1[k]);
+    yr[v] = o;
+  }
+}
+
+// dx only (frozen norm weights: every QLoRA run).
+template <typename T>
+__global__ void rmsnorm_backward_vec_kernel(T* __restrict__ dx, bool accumulate, const T* __restrict__ dy,
+                                            const T* __restrict__ x, const float* __restrict__ w,
+                                            const float* __restrict__ rstd, RmsNormParams p) {
+  const int64_t row = int64_t(blockIdx.x) * kRowsPerBlock + (threadIdx.x >> 5);
+  const int lane = threadIdx.x & 31;
+  if (row >= p.rows) return;
+  const Vec<T, kV>* xr = reinterpret_cast<const Vec<T, kV>*>(x + row * p.cols);
+  const Vec<T, kV>* dyr = reinterpret_cast<const Vec<T, kV>*>(dy + row * p.cols);
+  Vec<T, kV>* dxr = reinterpret_cast<Vec<T, kV>*>(dx + row * p.cols);
+  const int64_t nv = p.cols / kV;
+  const float rs = rstd[row];
+  float gx = 0.f;
+  for (int64_t v = lane; v < nv; v += 32) {
+    const Vec<T, kV> xv = xr[v], dv = dyr[v];
+    float w1[kV];
+    load_w8<T>(w, v, w1);
+#pragma unroll
+    for (int k = 0; k < kV; ++k) gx += to_f32(dv.v[k]) * w1[k] * to_f32(xv.v[k]);
+  }
+  gx = warp_sum(gx);
+  const float kk = rs * rs * rs * gx / float(p.cols);
+  for (int64_t v = lane; v < nv; v += 32) {
+    const Vec<T, kV> xv = xr[v], dv = dyr[v];
+    float w1[kV];
+    load_w8<T>(w, v, w1);
+    Vec<T, kV> o;
+    if (accumulate) o = dxr[v];
+#pragma unroll
+    for (int k = 0; k < kV; ++k) {
+      float val = to_f32(dv.v[k]) * w1[k] * rs - to_f32(xv.v[k]) * kk;
+      if (accumulate) val += to_f32(o.v[k]);
+      o.v[k] = from_f32<T>(val);
+    }
+    dxr[v] = o;
+  }
+}
+
+// Rows of whole 8-element vectors at 16-byte (32-byte for f32 data) aligned addresses.
+bool vec_rows(std::initializer_list<TensorView> ts, int64_t cols) {
+  if (cols % kV != 0) return false;
+  for (const TensorView& t : ts)
+    if (reinterpret_cast<uintptr_t>(t.data) % (engine::dtype_size(t.dtype) * kV) != 0) return false;
+  return true;
+}
+
 int block_for(int64_t cols) {
   // Enough threads to cover short rows without idle warps; 256 for long rows.
   int b = 32;
@@ -77,6 +164,14 @@ void rmsnorm_forward(TensorView y, TensorView rstd, TensorView x, TensorView w, 
   rmsnorm_check(y, rstd, x, w, p);
   ENGINE_CHECK(w.dtype == DType::kF32 && rstd.dtype == DType::kF32, "rmsnorm (cuda): w and rstd must be f32");
   if (p.rows == 0) return;
+  if (vec_rows({y, x, w}, p.cols)) {
+    const unsigned grid = unsigned((p.rows + kRowsPerBlock - 1) / kRowsPerBlock);
+    OPS_DISPATCH_FLOAT(x.dtype, T,
+      rmsnorm_forward_vec_kernel<T><<<grid, 32 * kRowsPerBlock, 0, stream>>>(
+          y.ptr<T>(), rstd.ptr<float>(), x.ptr<const T>(), w.ptr<const float>(), p));
+    CUDA_CHECK_LAST();
+    return;
+  }
   OPS_DISPATCH_FLOAT(x.dtype, T,
     rmsnorm_forward_kernel<T><<<unsigned(p.rows), block_for(p.cols), 0, stream>>>(
         y.ptr<T>(), rstd.ptr<float>(), x.ptr<const T>(), w.ptr<const float>(), p));
@@ -90,6 +185,15 @@ void rmsnorm_backward(TensorView dx, Accum dx_mode, TensorView dw, TensorView dy
   ENGINE_CHECK(!dw.defined() || (dw.numel() == p.cols && dw.dtype == DType::kF32), "rmsnorm: dw ", dw.str(),
                " must be f32 with cols=", p.cols);
   if (p.rows == 0) return;
+  if (!dw.defined() && vec_rows({dx, dy, x, w}, p.cols)) {
+    const unsigned grid = unsigned((p.rows + kRowsPerBlock - 1) / kRowsPerBlock);
+    OPS_DISPATCH_FLOAT(x.dtype, T,
+      rmsnorm_backward_vec_kernel<T><<<grid, 32 * kRowsPerBlock, 0, stream>>>(
+          dx.ptr<T>(), dx_mode == Accum::kAdd, dy.ptr<const T>(), x.ptr<const T>(), w.ptr<const float>(),
+          rstd.ptr<const float>(), p));
+    CUDA_CHECK_LAST();
+    return;
+  }
   const size_t smem = dw.defined() ? size_t(p.cols) * sizeof(float) : 0;
   ENGINE_CHECK(smem <= 48 * 1024, "rmsnorm backward: cols=", p.cols, " exceeds the shared-memory dw buffer");
   int dev = 0, sms = 0;

@@ -16,11 +16,6 @@ struct InvFreq {
   float v[kRopeMaxHeadDim / 2];  // by value: 1 KiB of kernel parameter space, no device buffer needed
 };
 
-template <typename T, int V>
-struct alignas(sizeof(T) * V) Vec {
-  T v[V];
-};
-
 // x rounded to T and back: the dtype rounding torch applies after each elementwise op (identity for f32).
 template <typename T>
 __device__ __forceinline__ float round_to(float x) { return to_f32(from_f32<T>(x)); }

@@ -28,7 +28,52 @@ void BM_MatmulLinear(benchmark::State& state) {
   bench::report_flops(state, 2.0 * m * n * k);
 }
 
+// The six GEMMs of one LoRA branch (autograd::lora_linear), args (n, in, out, r, which): which = 0..5 runs
+// one of them, 6 all. 0: t = x' A^T   1: y += s t B^T   2: dB += s dy^T t (f32)   3: dt = s dy B
+// 4: dA += dt^T x' (f32)   5: dx' = dt A. t and dt have rows of r elements (8 bytes at r = 4).
+void BM_LoraGemms(benchmark::State& state) {
+  if (!bench::require_cuda(state)) return;
+  Engine eng;
+  const int64_t n = state.range(0), in = state.range(1), out = state.range(2), r = state.range(3);
+  const int which = int(state.range(4));
+  const DType dt = DType::kBF16;
+  Tensor x = bench::random_tensor(eng, {n, in}, dt, 1), a = bench::random_tensor(eng, {r, in}, dt, 2, 0.02);
+  Tensor b = bench::random_tensor(eng, {out, r}, dt, 3, 0.02), dy = bench::random_tensor(eng, {n, out}, dt, 4);
+  Tensor y = bench::random_tensor(eng, {n, out}, dt, 5), t = bench::random_tensor(eng, {n, r}, dt, 6);
+  Tensor dtt = bench::random_tensor(eng, {n, r}, dt, 7), dx = eng.empty({n, in}, dt);
+  Tensor da = bench::random_tensor(eng, {r, in}, DType::kF32, 8), db = bench::random_tensor(eng, {out, r}, DType::kF32, 9);
+  auto run = [&](int g) {
+    switch (g) {
+      case 0: ops::matmul(t, x, a, ops::matmul_params(t, x, a, false, true), eng); break;
+      case 1: ops::matmul(y, t, b, ops::matmul_params(y, t, b, false, true, 2.f, 1.f), eng); break;
+      case 2: ops::matmul(db, dy, t, ops::matmul_params(db, dy, t, true, false, 2.f, 1.f), eng); break;
+      case 3: ops::matmul(dtt, dy, b, ops::matmul_params(dtt, dy, b, false, false, 2.f), eng); break;
+      case 4: ops::matmul(da, dtt, x, ops::matmul_params(da, dtt, x, true, false, 1.f, 1.f), eng); break;
+      default: ops::matmul(dx, dtt, a, ops::matmul_params(dx, dtt, a, false, false), eng);
+    }
+  };
+  for (int g = 0; g < 6; ++g) run(g);  // warm the algorithm cache
+  bench::L2Flush flush(eng);
+  bench::CudaEventTimer timer;
+  for (auto _ : state) {
+    flush(eng.stream());
+    timer.start(eng.stream());
+    if (which == 6) for (int g = 0; g < 6; ++g) run(g);
+    else run(which);
+    state.SetIterationTime(timer.stop_seconds(eng.stream()));
+  }
+}
+
+void lora_args(benchmark::internal::Benchmark* b) {
+  for (int64_t n : {512, 4096})
+    for (auto io : {std::pair<int64_t, int64_t>{2304, 2048}, {2304, 9216}})
+      for (int64_t r : {4, 8, 16})
+        for (int64_t w = 0; w <= 6; ++w) b->Args({n, io.first, io.second, r, w});
+}
+
 }  // namespace
+
+BENCHMARK(BM_LoraGemms)->Apply(lora_args)->UseManualTime()->Unit(benchmark::kMicrosecond);
 
 BENCHMARK(BM_MatmulLinear)
     ->Args({4096, 2048, 2304})   // q_proj

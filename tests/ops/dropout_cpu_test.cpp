@@ -37,7 +37,7 @@ TEST(DropoutCpu, BackwardMatchesFiniteDifferences) {
 }
 
 TEST(DropoutCpu, ForwardIsMaskTimesScale) {
-  // keep_i = philox_uniform(seed, stream, offset + i) >= p; kept values times float(1/(1-p)), rounded once.
+  // keep_i = philox_u16(seed, stream, offset + i) / 65536 >= p; kept values times float(1/(1-p)), rounded once.
   Engine eng({engine::Backend::kCPU});
   const int64_t n = 300;
   const auto p = params(n, 0.25f, 9, 11);
@@ -49,7 +49,7 @@ TEST(DropoutCpu, ForwardIsMaskTimesScale) {
   std::vector<double> want(n);
   int kept = 0;
   for (int64_t i = 0; i < n; ++i) {
-    const bool keep = engine::philox_uniform(1234, 9, 11 + uint64_t(i)) >= 0.25f;
+    const bool keep = float(engine::philox_u16(1234, 9, 11 + uint64_t(i))) / 65536.0f >= 0.25f;
     kept += keep;
     want[i] = keep ? engine::round_to(DType::kBF16, double(float(xv[i]) * scale)) : 0.0;
   }

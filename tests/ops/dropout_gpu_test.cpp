@@ -65,6 +65,7 @@ INSTANTIATE_TEST_SUITE_P(Shapes, DropoutGpu,
                                            DropoutCase{4099, 5, DType::kF16, DType::kF16},
                                            DropoutCase{4099, 1, DType::kBF16, DType::kBF16},
                                            DropoutCase{1000, 3, DType::kBF16, DType::kF32},
+                                           DropoutCase{4101, 6, DType::kBF16, DType::kBF16},  // offset % 8 = 6
                                            // one micro-batch of Gemma-2-2B activations: 512 tokens x D = 2304
                                            DropoutCase{512 * 2304, 1179651, DType::kBF16, DType::kBF16},
                                            DropoutCase{512 * 2304, 0, DType::kF16, DType::kF16}),
@@ -93,6 +94,33 @@ TEST(DropoutGpuStats, KeepRateAndIdentityAtGemmaShape) {
   p.p = 0.f;  // identity
   ops::dropout_forward(y, x, p, eng);
   EXPECT_CLOSE(y.values(), xv, (Tol{0, 0}));
+}
+
+// Pointers one element off a 32-byte boundary take the scalar kernel; aligned ones the vector kernel
+// (8 elements per thread). Both must give the CPU's values exactly, for every offset % 8.
+TEST(DropoutGpuPaths, MisalignedScalarPathMatchesVectorPath) {
+  REQUIRE_CUDA();
+  Engine eng;
+  const int64_t n = 3001;
+  std::vector<double> xv = random_normal(n + 1, 5);
+  const std::vector<double> x_tail(xv.begin() + 1, xv.end());
+  for (uint64_t offset : {0, 1, 2, 3, 4, 5, 6, 7, 4099}) {
+    ops::DropoutParams p;
+    p.n = n;
+    p.p = 0.25f;
+    p.seed = 11;
+    p.stream = 2;
+    p.offset = offset;
+    TestTensor xs(eng, Device::kCUDA, {n + 1}, DType::kF32, xv), ys(eng, Device::kCUDA, {n + 1}, DType::kF32);
+    TestTensor xa(eng, Device::kCUDA, {n}, DType::kF32, x_tail), ya(eng, Device::kCUDA, {n}, DType::kF32);
+    TestTensor xc(eng, Device::kCPU, {n}, DType::kF32, x_tail), yc(eng, Device::kCPU, {n}, DType::kF32);
+    ops::dropout_forward(f32_at(ys, 1, n), f32_at(xs, 1, n), p, eng);
+    ops::dropout_forward(ya, xa, p, eng);
+    ops::dropout_forward(yc, xc, p, eng);
+    const std::vector<double> scalar = ys.values(), vec = ya.values(), cpu = yc.values();
+    EXPECT_CLOSE(std::vector<double>(scalar.begin() + 1, scalar.end()), cpu, (Tol{0, 0})) << "offset " << offset;
+    EXPECT_CLOSE(vec, cpu, (Tol{0, 0})) << "offset " << offset;
+  }
 }
 
 }  // namespace

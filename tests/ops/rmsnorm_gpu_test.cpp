@@ -47,6 +47,16 @@ TEST_P(RmsNormGpu, ForwardAndBackwardMatchCpu) {
   for (auto& v : dw) v *= 2;
   EXPECT_CLOSE(dx2, dx, tol_for(dt));
   EXPECT_CLOSE(dw2, dw, (Tol{1e-4, 1e-4}));
+  // dx only (frozen weight: the warp-per-row kernel when cols % 8 == 0): set, then add.
+  TestTensor x(eng, Device::kCUDA, {rows, cols}, dt, xv), w(eng, Device::kCUDA, {cols}, DType::kF32, wv);
+  TestTensor g(eng, Device::kCUDA, {rows, cols}, dt, gv), yy(eng, Device::kCUDA, {rows, cols}, dt);
+  TestTensor rstd(eng, Device::kCUDA, {rows}, DType::kF32), dxo(eng, Device::kCUDA, {rows, cols}, dt);
+  ops::rmsnorm_forward(yy, rstd, x, w, p, eng);
+  ops::rmsnorm_backward(dxo, ops::Accum::kSet, TensorView{}, g, x, w, rstd, p, eng);
+  EXPECT_CLOSE(dxo.values(), dx_ref, tol_for(dt));
+  ops::rmsnorm_backward(dxo, ops::Accum::kAdd, TensorView{}, g, x, w, rstd, p, eng);
+  EXPECT_CLOSE(dxo.values(), dx, tol_for(dt));  // dx was doubled above
+  EXPECT_GUARDS_INTACT(dxo);
 }
 
 std::string case_name(const ::testing::TestParamInfo<RmsNormCase>& i) {

@@ -1,0 +1,269 @@
+// ops/lora_down.cu: fused dropout + LoRA down-projection kernels (SPEC.md §4.1), f32 math on CUDA cores.
+// Both kernels move x (and dx) as 8-element vectors (16 bytes of bf16/f16) and draw each vector's 8 mask
+// bits from one Philox counter (two when offset % 8 != 0: SH = offset % 8 is a template parameter; since
+// in % 8 == 0 every vector starts at the same index modulo 8). The rank is padded to RP = 4 or 16.
+//   Forward: a block owns 256 columns (a lane per vector, A's 8 columns x RP in registers) and a slab of rows
+//   shared row by row by its 8 warps; each row's partial dot products are shuffle-summed into the workspace,
+//   and a second kernel sums the column chunks in chunk order and rounds t.
+//   Backward: a block owns 256 columns (a lane per vector, A's 8 columns x RP in registers) and a slab of
+//   rows that its 8 warps share row by row: dx from dt[m, :] . A[:, k] and the dA partial from
+//   dt[m, :] * xd[m, k] in registers. The warps' partials are summed in warp order into the slab's
+//   workspace row; a second kernel adds the slabs to dA in slab order. No atomics: bitwise reproducible.
+#include <algorithm>
+#include <cstdint>
+
+#include "engine/philox.h"
+#include "ops/cuda_common.cuh"
+#include "ops/lora_down.h"
+
+namespace ops {
+namespace {
+
+constexpr int kThreads = 256, kWarps = kThreads / 32, kV = 8;
+
+template <typename T>
+__device__ __forceinline__ float round_to(float v) { return to_f32(from_f32<T>(v)); }
+
+// xd[k] = keep ? round_T(x * scale) : 0 for the 8 elements of one vector starting at stream index s.
+template <typename T, int SH, bool kDrop>
+__device__ __forceinline__ unsigned masked8(const Vec<T, kV>& xv, const LoraDownParams& p, uint64_t s, float scale,
+                                            float (&xd)[kV]) {
+  const unsigned keep = kDrop ? engine::dropout_keep8<SH>(p.seed, p.stream, s, p.p) : 0xFFu;
+#pragma unroll
+  for (int k = 0; k < kV; ++k)
+    xd[k] = !kDrop ? to_f32(xv.v[k]) : ((keep >> k) & 1u) ? round_to<T>(__fmul_rn(to_f32(xv.v[k]), scale)) : 0.f;
+  return keep;
+}
+
+// Block (x, y): columns [256 x, 256 x + 256) (a lane per 8-column vector, A's matching columns in registers),
+// rows [y * slab_rows, ...) shared row by row by the 8 warps. Each row's partial dot products over the
+// block's columns are shuffle-summed and written to ws[x][m][j]; lora_down_fwd_reduce_kernel sums the column
+// chunks in chunk order. A is read once per block, x once.
+template <typename T, int RP, int SH, bool kDrop>
+__global__ void __launch_bounds__(kThreads) lora_down_fwd_kernel(float* __restrict__ ws, const T* __restrict__ x,
+                                                                  const T* __restrict__ a, LoraDownParams p,
+                                                                  int64_t slab_rows, float scale) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int64_t nv = p.in / kV, v = int64_t(blockIdx.x) * 32 + lane;
+  const bool active = v < nv;
+  float av[RP][kV];
+#pragma unroll
+  for (int j = 0; j < RP; ++j) {
+    Vec<T, kV> w;
+    if (active && j < p.r) w = reinterpret_cast<const Vec<T, kV>*>(a + int64_t(j) * p.in)[v];
+#pragma unroll
+    for (int k = 0; k < kV; ++k) av[j][k] = active && j < p.r ? to_f32(w.v[k]) : 0.f;
+  }
+  const int64_t m_begin = int64_t(blockIdx.y) * slab_rows;
+  const int64_t m_end = m_begin + slab_rows < p.n ? m_begin + slab_rows : p.n;
+#pragma unroll 2
+  for (int64_t m = m_begin + warp; m < m_end; m += kWarps) {
+    float xd[kV] = {};
+    if (active)
+      masked8<T, SH, kDrop>(reinterpret_cast<const Vec<T, kV>*>(x + m * p.in)[v], p,
+                            p.offset + uint64_t(m * p.in + v * kV), scale, xd);
+    float s[RP];
+#pragma unroll
+    for (int j = 0; j < RP; ++j) {
+      s[j] = 0.f;
+#pragma unroll
+      for (int k = 0; k < kV; ++k) s[j] = fmaf(xd[k], av[j][k], s[j]);
+      s[j] = warp_sum(s[j]);
+    }
+    float* out = ws + (int64_t(blockIdx.x) * p.n + m) * p.r;
+#pragma unroll
+    for (int j = 0; j < RP; ++j)
+      if (lane == j && j < p.r) out[j] = s[j];
+  }
+}
+
+// t[i] = round(sum over column chunks of ws[chunk][i]), in chunk order (i = m * r + j).
+template <typename T>
+__global__ void lora_down_fwd_reduce_kernel(T* __restrict__ t, const float* __restrict__ ws, int64_t elems,
+                                            int64_t chunks) {
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < elems; i += int64_t(gridDim.x) * blockDim.x) {
+    float s = ws[i];
+    for (int64_t q = 1; q < chunks; ++q) s += ws[q * elems + i];
+    t[i] = from_f32<T>(s);
+  }
+}
+
+// Block (x, y): columns [256 x, 256 x + 256), rows [y * slab_rows, ...). Writes ws[y][j][col] for j < r.
+template <typename T, int RP, int SH, bool kDrop, bool kDx>
+__global__ void __launch_bounds__(kThreads) lora_down_bwd_kernel(float* __restrict__ ws, T* __restrict__ dx,
+                                                                  bool accumulate, const T* __restrict__ dt,
+                                                                  const T* __restrict__ x, const T* __restrict__ a,
+                                                                  LoraDownParams p, int64_t slab_rows, float scale) {
+  __shared__ __align__(16) float red[RP][32 * kV];  // the block's 256 columns
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int64_t nv = p.in / kV, v = int64_t(blockIdx.x) * 32 + lane;
+  const bool active = v < nv;
+  Vec<T, kV> av[RP];
+#pragma unroll
+  for (int j = 0; j < RP; ++j) {
+    if (active && j < p.r) av[j] = reinterpret_cast<const Vec<T, kV>*>(a + int64_t(j) * p.in)[v];
+    else
+#pragma unroll
+      for (int k = 0; k < kV; ++k) av[j].v[k] = from_f32<T>(0.f);
+  }
+  float acc[RP][kV];
+#pragma unroll
+  for (int j = 0; j < RP; ++j)
+#pragma unroll
+    for (int k = 0; k < kV; ++k) acc[j][k] = 0.f;
+  const int64_t m_begin = int64_t(blockIdx.y) * slab_rows;
+  const int64_t m_end = m_begin + slab_rows < p.n ? m_begin + slab_rows : p.n;
+  if (active) {
+#pragma unroll 2
+    for (int64_t m = m_begin + warp; m < m_end; m += kWarps) {
+      float g[RP];
+#pragma unroll
+      for (int j = 0; j < RP; ++j) g[j] = j < p.r ? to_f32(dt[m * p.r + j]) : 0.f;
+      const Vec<T, kV> xv = reinterpret_cast<const Vec<T, kV>*>(x + m * p.in)[v];
+      Vec<T, kV> dxv;
+      if (kDx && accumulate) dxv = reinterpret_cast<const Vec<T, kV>*>(dx + m * p.in)[v];
+      float xd[kV];
+      const unsigned keep = masked8<T, SH, kDrop>(xv, p, p.offset + uint64_t(m * p.in + v * kV), scale, xd);
+#pragma unroll
+      for (int k = 0; k < kV; ++k) {
+#pragma unroll
+        for (int j = 0; j < RP; ++j) acc[j][k] = fmaf(g[j], xd[k], acc[j][k]);
+        if (kDx) {
+          float s = 0.f;
+#pragma unroll
+          for (int j = 0; j < RP; ++j) s = fmaf(g[j], to_f32(av[j].v[k]), s);
+          float o = ((keep >> k) & 1u) ? (kDrop ? round_to<T>(__fmul_rn(round_to<T>(s), scale)) : round_to<T>(s)) : 0.f;
+          if (accumulate) o = __fadd_rn(o, to_f32(dxv.v[k]));
+          dxv.v[k] = from_f32<T>(o);
+        }
+      }
+      if (kDx) reinterpret_cast<Vec<T, kV>*>(dx + m * p.in)[v] = dxv;
+    }
+  }
+  // Sum the warps' partials in warp order, then write this slab's rows of the workspace.
+  for (int w = 0; w < kWarps; ++w) {
+    if (warp == w) {
+#pragma unroll
+      for (int j = 0; j < RP; ++j) {
+        float4* dst = reinterpret_cast<float4*>(&red[j][lane * kV]);
+        float4 lo = make_float4(acc[j][0], acc[j][1], acc[j][2], acc[j][3]);
+        float4 hi = make_float4(acc[j][4], acc[j][5], acc[j][6], acc[j][7]);
+        if (w > 0) {
+          const float4 l0 = dst[0], h0 = dst[1];
+          lo = make_float4(l0.x + lo.x, l0.y + lo.y, l0.z + lo.z, l0.w + lo.w);
+          hi = make_float4(h0.x + hi.x, h0.y + hi.y, h0.z + hi.z, h0.w + hi.w);
+        }
+        dst[0] = lo;
+        dst[1] = hi;
+      }
+    }
+    __syncthreads();
+  }
+  const int64_t col0 = int64_t(blockIdx.x) * 32 * kV;
+  for (int e = threadIdx.x; e < RP * 32 * kV; e += kThreads) {
+    const int j = e / (32 * kV), c = e % (32 * kV);
+    if (j < p.r && col0 + c < p.in) ws[(int64_t(blockIdx.y) * p.r + j) * p.in + col0 + c] = red[j][c];
+  }
+}
+
+// dA[i] += sum over slabs of ws[slab][i], in slab order.
+__global__ void lora_down_reduce_kernel(float* __restrict__ da, const float* __restrict__ ws, int64_t elems,
+                                        int64_t slabs) {
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < elems; i += int64_t(gridDim.x) * blockDim.x) {
+    float s = ws[i];
+    for (int64_t q = 1; q < slabs; ++q) s += ws[q * elems + i];
+    da[i] += s;
+  }
+}
+
+bool aligned8(const TensorView& v) {
+  return !v.defined() || reinterpret_cast<uintptr_t>(v.data) % (engine::dtype_size(v.dtype) * kV) == 0;
+}
+
+void check_cuda(const TensorView& x, const TensorView& a, const TensorView& dx, const LoraDownParams& p,
+                const char* what) {
+  ENGINE_CHECK(x.dtype != DType::kF64, what, ": f64 is CPU-only (", x.str(), ")");
+  ENGINE_CHECK(lora_down_fusable(p.in, p.r), what, ": CUDA needs in % 8 == 0 and 1 <= r <= ", kLoraDownMaxRank,
+               ", got in=", p.in, " r=", p.r);
+  ENGINE_CHECK(aligned8(x) && aligned8(a) && aligned8(dx), what, ": x, a and dx must be 8-element aligned");
+}
+
+void check_workspace(const TensorView& ws, const LoraDownParams& p, const char* what) {
+  const int64_t need = lora_down_workspace_elems(p.n, p.in, p.r);
+  ENGINE_CHECK(ws.defined() && ws.dtype == DType::kF32 && ws.numel() >= need, what, ": workspace must be f32 with >= ",
+               need, " elements, got ", ws.str());
+}
+
+// Calls f(SH, kDrop) with compile-time constants: SH = offset % 8 matters only with a mask.
+template <typename F>
+void dispatch_mask(const LoraDownParams& p, F f) {
+  if (p.p == 0.0f) f(std::integral_constant<int, 0>{}, std::false_type{});
+  else dispatch_mod8(p.offset, [&](auto sh) { f(sh, std::true_type{}); });
+}
+
+}  // namespace
+
+namespace cuda {
+
+void lora_down_forward(TensorView t, TensorView x, TensorView a, TensorView workspace, const LoraDownParams& p,
+                       cudaStream_t stream) {
+  lora_down_forward_check(t, x, a, p);
+  check_cuda(x, a, TensorView{}, p, "lora_down_forward");
+  check_workspace(workspace, p, "lora_down_forward");
+  if (p.n == 0) return;
+  const float scale = 1.0f / (1.0f - p.p);
+  const int64_t slabs = lora_down_slabs(p.n), slab_rows = (p.n + slabs - 1) / slabs, chunks = lora_down_chunks(p.in);
+  const dim3 grid(static_cast<unsigned>(chunks), static_cast<unsigned>(slabs));
+  float* ws = workspace.ptr<float>();
+  OPS_DISPATCH_FLOAT(x.dtype, T, dispatch_mask(p, [&](auto sh, auto drop) {
+    constexpr int SH = decltype(sh)::value;
+    constexpr bool kDrop = decltype(drop)::value;
+    if (p.r <= 4)
+      lora_down_fwd_kernel<T, 4, SH, kDrop><<<grid, kThreads, 0, stream>>>(ws, x.ptr<const T>(), a.ptr<const T>(), p,
+                                                                         slab_rows, scale);
+    else
+      lora_down_fwd_kernel<T, 16, SH, kDrop><<<grid, kThreads, 0, stream>>>(ws, x.ptr<const T>(), a.ptr<const T>(),
+                                                                          p, slab_rows, scale);
+    CUDA_CHECK_LAST();
+    const int64_t elems = p.n * p.r;
+    lora_down_fwd_reduce_kernel<T><<<unsigned(std::min<int64_t>((elems + 255) / 256, 1024)), 256, 0, stream>>>(
+        t.ptr<T>(), ws, elems, chunks);
+  }));
+  CUDA_CHECK_LAST();
+}
+
+void lora_down_backward(TensorView da, TensorView dx, Accum dx_mode, TensorView dt, TensorView x, TensorView a,
+                        TensorView workspace, const LoraDownParams& p, cudaStream_t stream) {
+  lora_down_backward_check(da, dx, dt, x, a, p);
+  check_cuda(x, a, dx, p, "lora_down_backward");
+  ENGINE_CHECK(da.dtype == DType::kF32, "lora_down_backward: dA must be f32 on CUDA, got ", da.str());
+  check_workspace(workspace, p, "lora_down_backward");
+  const int64_t slabs = lora_down_slabs(p.n);
+  if (p.n == 0) return;
+  const float scale = 1.0f / (1.0f - p.p);
+  const int64_t slab_rows = (p.n + slabs - 1) / slabs;
+  const dim3 grid(unsigned((p.in / kV + 31) / 32), unsigned(slabs));
+  const bool acc = dx_mode == Accum::kAdd;
+  float* ws = workspace.ptr<float>();
+  OPS_DISPATCH_FLOAT(x.dtype, T, dispatch_mask(p, [&](auto sh, auto drop) {
+    constexpr int SH = decltype(sh)::value;
+    constexpr bool kDrop = decltype(drop)::value;
+    T* dxp = dx.defined() ? dx.ptr<T>() : nullptr;
+    const T *dtp = dt.ptr<const T>(), *xp = x.ptr<const T>(), *ap = a.ptr<const T>();
+    if (p.r <= 4) {
+      if (dx.defined()) lora_down_bwd_kernel<T, 4, SH, kDrop, true><<<grid, kThreads, 0, stream>>>(ws, dxp, acc, dtp, xp, ap, p, slab_rows, scale);
+      else lora_down_bwd_kernel<T, 4, SH, kDrop, false><<<grid, kThreads, 0, stream>>>(ws, dxp, acc, dtp, xp, ap, p, slab_rows, scale);
+    } else {
+      if (dx.defined()) lora_down_bwd_kernel<T, 16, SH, kDrop, true><<<grid, kThreads, 0, stream>>>(ws, dxp, acc, dtp, xp, ap, p, slab_rows, scale);
+      else lora_down_bwd_kernel<T, 16, SH, kDrop, false><<<grid, kThreads, 0, stream>>>(ws, dxp, acc, dtp, xp, ap, p, slab_rows, scale);
+    }
+  }));
+  CUDA_CHECK_LAST();
+  const int64_t elems = p.r * p.in;
+  lora_down_reduce_kernel<<<unsigned(std::min<int64_t>((elems + 255) / 256, 1024)), 256, 0, stream>>>(
+      da.ptr<float>(), ws, elems, slabs);
+  CUDA_CHECK_LAST();
+}
+
+}  // namespace cuda
+}  // namespace ops

@@ -1,0 +1,79 @@
+// ops/lora_down.h: the LoRA down-projection with its input dropout fused (SPEC.md §4.1: lora_A(dropout(x))).
+//   Forward:  xd[m,k] = keep(m,k) ? round_dt(x[m,k] * scale) : 0,   scale = 1/(1-p) in f32 (as ops/dropout.h)
+//             t[m,j]  = round_dt( sum_k xd[m,k] * a[j,k] )              f32 accumulation (f64 on CPU)
+//   keep(m,k) = dropout_keep(philox_u16(seed, stream, offset + m*in + k), p): exactly ops::dropout's mask on x viewed
+//   flat (row-major), so t equals matmul(dropout_forward(x), a^T). p = 0: xd = x (no mask).
+//   Backward (one pass over x and dx, the mask regenerated once per element, nothing saved):
+//     dA[j,k] += sum_m dt[m,j] * xd[m,k]                                always accumulates (parameter gradient)
+//     v[m,k]   = keep(m,k) ? round_dt(round_dt(sum_j dt[m,j] * a[j,k]) * scale) : 0
+//                (= dropout_backward(round_dt(dt @ a)), what the unfused path computes)
+//     dx       = v, or round_dt(dx + v) with Accum::kAdd; skipped when dx is undefined.
+//   Shapes: x, dx (n, in); a (r, in); t, dt (n, r); dA (r, in); lora_down_fusable(in, r): 1 <= r <= 16 and
+//   in % 8 == 0 (callers keep dropout + GEMMs otherwise, on both backends, so CPU and CUDA take one path).
+//   dtypes: x, a, t, dt, dx alike: f32/f16/bf16 (f64 on CPU); dA f32 (f32 or f64 on CPU).
+//   CUDA: x, a, dx 8-element aligned (16 bytes of a 16-bit dtype, 32 of f32): tensors from the engine are.
+//   round_dt = rounding to x's dtype; each sum (f32 on CUDA, f64 on CPU) is rounded once, where shown.
+//   Determinism: no float atomics. On CUDA both passes take `workspace` (lora_down_workspace_elems f32, from
+//   the caller): the forward sums t over lora_down_chunks(in) column chunks of 256 in chunk order, the
+//   backward sums dA over lora_down_slabs(n) row slabs in slab order. Bitwise reproducible run to run; the
+//   split depends on the shape only.
+// Tests: tests/ops/lora_down_cpu_test.cpp, lora_down_gpu_test.cpp   Bench: bench/ops/lora_down_bench.cpp
+#pragma once
+#include "ops/common.h"
+#include "ops/dropout.h"
+
+namespace ops {
+
+constexpr int64_t kLoraDownMaxRank = 16;
+
+struct LoraDownParams {
+  int64_t n = 0;   // rows (tokens)
+  int64_t in = 0;  // input features
+  int64_t r = 0;   // LoRA rank
+  float p = 0.f;   // dropout probability, 0 <= p < 1
+  uint64_t seed = 0, stream = 0, offset = 0;  // Philox key and element offset of x[0,0] (ops::DropoutParams)
+};
+
+inline bool lora_down_fusable(int64_t in, int64_t r) { return r >= 1 && r <= kLoraDownMaxRank && in % 8 == 0; }
+
+// The params of the dropout mask this op fuses (n*in elements of x viewed flat).
+inline DropoutParams lora_down_dropout(const LoraDownParams& p) {
+  return DropoutParams{p.n * p.in, p.p, p.seed, p.stream, p.offset};
+}
+
+// The CUDA work split: row slabs (~32 rows each, at most 64), 256-column chunks, and the f32 workspace:
+// max(chunks * n * r (forward partials), slabs * r * in (backward dA partials)).
+int64_t lora_down_slabs(int64_t n);
+inline int64_t lora_down_chunks(int64_t in) { return (in + 255) / 256; }
+int64_t lora_down_workspace_elems(int64_t n, int64_t in, int64_t r);
+
+void lora_down_forward_check(TensorView t, TensorView x, TensorView a, const LoraDownParams& p);
+void lora_down_backward_check(TensorView da, TensorView dx, TensorView dt, TensorView x, TensorView a,
+                              const LoraDownParams& p);
+
+namespace cpu {
+void lora_down_forward(TensorView t, TensorView x, TensorView a, const LoraDownParams& p);
+void lora_down_backward(TensorView da, TensorView dx, Accum dx_mode, TensorView dt, TensorView x, TensorView a,
+                        const LoraDownParams& p);
+}  // namespace cpu
+
+namespace cuda {
+void lora_down_forward(TensorView t, TensorView x, TensorView a, TensorView workspace, const LoraDownParams& p,
+                       cudaStream_t stream);
+void lora_down_backward(TensorView da, TensorView dx, Accum dx_mode, TensorView dt, TensorView x, TensorView a,
+                        TensorView workspace, const LoraDownParams& p, cudaStream_t stream);
+}  // namespace cuda
+
+// `workspace`: lora_down_workspace_elems f32 on CUDA; ignored (may be undefined) on CPU.
+inline void lora_down_forward(TensorView t, TensorView x, TensorView a, TensorView workspace,
+                              const LoraDownParams& p, Engine& eng) {
+  if (on_cuda({t, x, a})) cuda::lora_down_forward(t, x, a, workspace, p, eng.stream());
+  else cpu::lora_down_forward(t, x, a, p);
+}
+inline void lora_down_backward(TensorView da, TensorView dx, Accum dx_mode, TensorView dt, TensorView x,
+                               TensorView a, TensorView workspace, const LoraDownParams& p, Engine& eng) {
+  if (on_cuda({da, dx, dt, x, a})) cuda::lora_down_backward(da, dx, dx_mode, dt, x, a, workspace, p, eng.stream());
+  else cpu::lora_down_backward(da, dx, dx_mode, dt, x, a, p);
+}
+
+}  // namespace ops

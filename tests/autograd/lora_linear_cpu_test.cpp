@@ -1,0 +1,99 @@
+// tests/autograd/lora_linear_cpu_test.cpp (label cpu): lora_linear's fused path (r <= 16, ops/lora_down) against
+// its unfused path (r > 16: dropout + matmuls). The branch is linear in its ranks, so a rank-17 branch equals
+// the sum of its first 16 ranks and its last rank: y, dx (minus the base counted twice), dA and dB (rows /
+// columns) must agree, with the same dropout mask (it depends on x's elements only, not on r). f64 throughout.
+#include "autograd/functions.h"
+#include "ops/lora_down.h"
+#include "tests/test_util.h"
+
+namespace {
+
+using namespace test;
+using autograd::Tape;
+using autograd::Var;
+using engine::Tensor;
+
+constexpr int64_t kN = 5, kIn = 16, kOut = 6, kR = 17;  // in % 8 == 0: fusable
+
+Tensor filled(Engine& eng, Shape s, const std::vector<double>& v) {
+  Tensor t = eng.empty(s, DType::kF64);
+  const TensorView tv = t;
+  for (size_t i = 0; i < v.size(); ++i) engine::store_f64(tv.data, DType::kF64, int64_t(i), v[i]);
+  return t;
+}
+
+std::vector<double> values(const TensorView& t) {
+  std::vector<double> v(size_t(t.numel()));
+  for (size_t i = 0; i < v.size(); ++i) v[i] = engine::load_f64(t.data, t.dtype, int64_t(i));
+  return v;
+}
+
+struct Result {
+  std::vector<double> y, dx, da, db;  // da: (j1 - j0, in); db: (out, j1 - j0)
+};
+
+// lora_linear with ranks [j0, j1) of the A (kR, in) / B (out, kR) below, dropout 0.3.
+Result run(int64_t j0, int64_t j1) {
+  Engine eng({engine::Backend::kCPU});
+  const auto xv = random_normal(kN * kIn, 1), wv = random_normal(kOut * kIn, 2), av = random_normal(kR * kIn, 3, 0.2);
+  const auto bv = random_normal(kOut * kR, 4, 0.2), gv = random_normal(kN * kOut, 5);
+  const int64_t r = j1 - j0;
+  std::vector<double> a(av.begin() + j0 * kIn, av.begin() + j1 * kIn), b;
+  for (int64_t o = 0; o < kOut; ++o) b.insert(b.end(), bv.begin() + o * kR + j0, bv.begin() + o * kR + j1);
+  Tape tape(eng);
+  Var x = tape.leaf(filled(eng, {kN, kIn}, xv), "x");
+  Tensor w = filled(eng, {kOut, kIn}, wv), at = filled(eng, {r, kIn}, a), bt = filled(eng, {kOut, r}, b);
+  Tensor da = filled(eng, {r, kIn}, std::vector<double>(size_t(r * kIn), 0.0));
+  Tensor db = filled(eng, {kOut, r}, std::vector<double>(size_t(kOut * r), 0.0));
+  autograd::FrozenLinear base;
+  base.dense = w;
+  base.out = kOut;
+  base.in = kIn;
+  autograd::LoraBranch lb;
+  lb.A = at; lb.B = bt; lb.dA = da; lb.dB = db;
+  lb.Ac = at; lb.Bc = bt;  // f64 compute copies: the masters themselves
+  lb.scaling = 0.5f;
+  lb.dropout = 0.3f;
+  lb.seed = 7; lb.stream = 2; lb.offset = 12;
+  Var y = autograd::lora_linear(tape, x, base, &lb);
+  Result res;
+  res.y = values(y.t());
+  tape.backward(y, filled(eng, {kN, kOut}, gv));
+  res.dx = values(x.gref().slot()->grad);
+  res.da = values(da);
+  res.db = values(db);
+  return res;
+}
+
+TEST(LoraLinearCpu, FusedRanksSumToTheUnfusedBranch) {
+  ASSERT_EQ(ops::kLoraDownMaxRank, kR - 1);  // 16 and 1 ranks take the fused path, 17 the unfused one
+  ASSERT_TRUE(ops::lora_down_fusable(kIn, kR - 1));
+  ASSERT_FALSE(ops::lora_down_fusable(kIn, kR));
+  const Result all = run(0, kR), lo = run(0, kR - 1), hi = run(kR - 1, kR);
+  // y(ranks 0..15) + y(rank 16) counts the base twice: y_base = y(lo) + y(hi) - y(all), likewise dx.
+  std::vector<double> y_base(all.y.size()), dx_base(all.dx.size());
+  for (size_t i = 0; i < y_base.size(); ++i) y_base[i] = lo.y[i] + hi.y[i] - all.y[i];
+  for (size_t i = 0; i < dx_base.size(); ++i) dx_base[i] = lo.dx[i] + hi.dx[i] - all.dx[i];
+  // The recovered base must be x W^T and dy W exactly (up to f64 rounding), which only holds if the fused
+  // branches and the unfused one agree.
+  const auto xv = random_normal(kN * kIn, 1), wv = random_normal(kOut * kIn, 2), gv = random_normal(kN * kOut, 5);
+  std::vector<double> yb(size_t(kN * kOut), 0.0), dxb(size_t(kN * kIn), 0.0);
+  for (int64_t m = 0; m < kN; ++m)
+    for (int64_t o = 0; o < kOut; ++o)
+      for (int64_t k = 0; k < kIn; ++k) {
+        yb[size_t(m * kOut + o)] += xv[size_t(m * kIn + k)] * wv[size_t(o * kIn + k)];
+        dxb[size_t(m * kIn + k)] += gv[size_t(m * kOut + o)] * wv[size_t(o * kIn + k)];
+      }
+  EXPECT_CLOSE(y_base, yb, (Tol{1e-10, 1e-10}));
+  EXPECT_CLOSE(dx_base, dxb, (Tol{1e-10, 1e-10}));
+  std::vector<double> da = lo.da, db;
+  da.insert(da.end(), hi.da.begin(), hi.da.end());
+  for (int64_t o = 0; o < kOut; ++o) {
+    db.insert(db.end(), lo.db.begin() + o * (kR - 1), lo.db.begin() + (o + 1) * (kR - 1));
+    db.push_back(hi.db[size_t(o)]);
+  }
+  EXPECT_CLOSE(all.da, da, (Tol{1e-12, 1e-10}));
+  EXPECT_CLOSE(all.db, db, (Tol{1e-12, 1e-10}));
+}
+
+}  // namespace
