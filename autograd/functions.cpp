@@ -4,6 +4,7 @@
 
 #include "ops/elementwise.h"
 #include "ops/lora_down.h"
+#include "ops/lora_up.h"
 #include "ops/matmul.h"
 
 namespace autograd {
@@ -139,9 +140,13 @@ Var lora_linear(Tape& tape, const Var& x, const FrozenLinear& base, const LoraBr
       pa.m = n; pa.n = r; pa.k = in; pa.trans_b = true;
       ops::matmul(t, xa, ac, pa, eng);
     }
-    ops::MatmulParams pb;
-    pb.m = n; pb.n = out_f; pb.k = r; pb.trans_b = true; pb.alpha = lora->scaling; pb.beta = 1.f;
-    ops::matmul(y.t(), t, bc, pb, eng);
+    if (ops::lora_up_fusable(out_f, r)) {  // y += scaling * t B^T in one pass over y
+      ops::lora_up_forward(y.t(), t, bc, {n, out_f, r, lora->scaling}, eng);
+    } else {
+      ops::MatmulParams pb;
+      pb.m = n; pb.n = out_f; pb.k = r; pb.trans_b = true; pb.alpha = lora->scaling; pb.beta = 1.f;
+      ops::matmul(y.t(), t, bc, pb, eng);
+    }
   }
   if (rg) {
     const FrozenLinear b = base;
@@ -161,16 +166,18 @@ Var lora_linear(Tape& tape, const Var& x, const FrozenLinear& base, const LoraBr
       }
       if (!has_lora) return;
       const int64_t r = lb.A.shape[0];
-      {  // dB (out, r) += scaling * dy^T (out, n) @ t (n, r)
-        ops::MatmulParams p;
+      Tensor dt_buf = e.empty({n, r}, dt);  // d t = scaling * dy @ B (n, r)
+      if (ops::lora_up_fusable(out_f, r)) {  // dt and dB += scaling * dy^T t in one pass over dy
+        Tensor ws;  // the CUDA kernel's partial sums
+        if (dy.device == engine::Device::kCUDA) ws = e.empty({ops::lora_up_workspace_elems(n, out_f, r)}, DType::kF32);
+        ops::lora_up_backward(dt_buf, lb.dB, dy, t, bc, ws, {n, out_f, r, lb.scaling}, e);
+      } else {
+        ops::MatmulParams p;  // dB (out, r) += scaling * dy^T (out, n) @ t (n, r)
         p.m = out_f; p.n = r; p.k = n; p.trans_a = true; p.alpha = lb.scaling; p.beta = 1.f;
         ops::matmul(lb.dB, dy, t, p, e);
-      }
-      Tensor dt_buf = e.empty({n, r}, dt);  // d t = scaling * dy @ B (n, r)
-      {
-        ops::MatmulParams p;
-        p.m = n; p.n = r; p.k = out_f; p.alpha = lb.scaling;
-        ops::matmul(dt_buf, dy, bc, p, e);
+        ops::MatmulParams q;
+        q.m = n; q.n = r; q.k = out_f; q.alpha = lb.scaling;
+        ops::matmul(dt_buf, dy, bc, q, e);
       }
       if (ops::lora_down_fusable(in, r)) {  // dA += dt^T dropout(x), dx += dropout_backward(dt @ A): one pass
         const ops::LoraDownParams lp = lora_down_params(lb, n, in);

@@ -42,7 +42,8 @@ struct LoraBranch {
 // the LoRA GEMM accumulates into y (beta = 1), so y is rounded once where peft rounds B's output, the
 // scaling and the sum separately (a documented, bounded difference). No gradient for the base weight; dA,
 // dB accumulate; dropout masks are regenerated in backward. When ops::lora_down_fusable(in, r), the dropout
-// is fused into the down-projection (forward) and into the dA / dx pass (backward): x' is never stored.
+// is fused into the down-projection (forward) and into the dA / dx pass (backward): x' is never stored; when
+// ops::lora_up_fusable(out, r), B's product is added to y in one pass and dt / dB come from one pass over dy.
 Var lora_linear(Tape& tape, const Var& x, const FrozenLinear& base, const LoraBranch* lora);
 // out = a + b (residual add, one rounding).
 Var add(Tape& tape, const Var& a, const Var& b);
