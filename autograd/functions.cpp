@@ -107,6 +107,9 @@ Tensor lora_down_workspace(const TensorView& x, int64_t n, int64_t in, int64_t r
 }
 }  // namespace
 
+bool lora_fuses_down(int64_t in, int64_t r) { return r <= kLoraFuseMaxRank && ops::lora_down_fusable(in, r); }
+bool lora_fuses_up(int64_t out, int64_t r) { return r <= kLoraFuseMaxRank && ops::lora_up_fusable(out, r); }
+
 Var lora_linear(Tape& tape, const Var& x, const FrozenLinear& base, const LoraBranch* lora) {
   Engine& eng = tape.engine();
   const int64_t n = x.rows(), in = base.in, out_f = base.out;
@@ -126,7 +129,7 @@ Var lora_linear(Tape& tape, const Var& x, const FrozenLinear& base, const LoraBr
     ac = Tensor(lora->Ac, nullptr);
     bc = Tensor(lora->Bc, nullptr);
     t = eng.empty({n, r}, dt);
-    if (ops::lora_down_fusable(in, r)) {  // dropout fused into the down-projection: no dropout(x) buffer
+    if (lora_fuses_down(in, r)) {  // dropout fused into the down-projection: no dropout(x) buffer
       ops::lora_down_forward(t, x.t(), ac, lora_down_workspace(x.t(), n, in, r, eng), lora_down_params(*lora, n, in), eng);
     } else {
       Tensor xa_buf;
@@ -140,7 +143,7 @@ Var lora_linear(Tape& tape, const Var& x, const FrozenLinear& base, const LoraBr
       pa.m = n; pa.n = r; pa.k = in; pa.trans_b = true;
       ops::matmul(t, xa, ac, pa, eng);
     }
-    if (ops::lora_up_fusable(out_f, r)) {  // y += scaling * t B^T in one pass over y
+    if (lora_fuses_up(out_f, r)) {  // y += scaling * t B^T in one pass over y
       ops::lora_up_forward(y.t(), t, bc, {n, out_f, r, lora->scaling}, eng);
     } else {
       ops::MatmulParams pb;
@@ -167,7 +170,7 @@ Var lora_linear(Tape& tape, const Var& x, const FrozenLinear& base, const LoraBr
       if (!has_lora) return;
       const int64_t r = lb.A.shape[0];
       Tensor dt_buf = e.empty({n, r}, dt);  // d t = scaling * dy @ B (n, r)
-      if (ops::lora_up_fusable(out_f, r)) {  // dt and dB += scaling * dy^T t in one pass over dy
+      if (lora_fuses_up(out_f, r)) {  // dt and dB += scaling * dy^T t in one pass over dy
         Tensor ws;  // the CUDA kernel's partial sums
         if (dy.device == engine::Device::kCUDA) ws = e.empty({ops::lora_up_workspace_elems(n, out_f, r)}, DType::kF32);
         ops::lora_up_backward(dt_buf, lb.dB, dy, t, bc, ws, {n, out_f, r, lb.scaling}, e);
@@ -179,7 +182,7 @@ Var lora_linear(Tape& tape, const Var& x, const FrozenLinear& base, const LoraBr
         q.m = n; q.n = r; q.k = out_f; q.alpha = lb.scaling;
         ops::matmul(dt_buf, dy, bc, q, e);
       }
-      if (ops::lora_down_fusable(in, r)) {  // dA += dt^T dropout(x), dx += dropout_backward(dt @ A): one pass
+      if (lora_fuses_down(in, r)) {  // dA += dt^T dropout(x), dx += dropout_backward(dt @ A): one pass
         const ops::LoraDownParams lp = lora_down_params(lb, n, in);
         ops::lora_down_backward(lb.dA, want_dx ? g.grad(dx_ref) : TensorView{}, Accum::kAdd, dt_buf, xs.t(), ac,
                                 lora_down_workspace(xs.t(), n, in, r, e), lp, e);

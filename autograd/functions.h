@@ -41,10 +41,16 @@ struct LoraBranch {
 // y = x W^T + scaling * (dropout(x) A^T) B^T (SPEC.md §4.1). The GEMMs take A and B in x's dtype (Ac, Bc);
 // the LoRA GEMM accumulates into y (beta = 1), so y is rounded once where peft rounds B's output, the
 // scaling and the sum separately (a documented, bounded difference). No gradient for the base weight; dA,
-// dB accumulate; dropout masks are regenerated in backward. When ops::lora_down_fusable(in, r), the dropout
-// is fused into the down-projection (forward) and into the dA / dx pass (backward): x' is never stored; when
-// ops::lora_up_fusable(out, r), B's product is added to y in one pass and dt / dB come from one pass over dy.
+// dB accumulate; dropout masks are regenerated in backward. When lora_fuses_down(in, r), the dropout is fused
+// into the down-projection (forward) and into the dA / dx pass (backward): x' is never stored; when
+// lora_fuses_up(out, r), B's product is added to y in one pass and dt / dB come from one pass over dy.
 Var lora_linear(Tape& tape, const Var& x, const FrozenLinear& base, const LoraBranch* lora);
+// lora_linear takes the fused kernels (ops/lora_down.h, ops/lora_up.h) up to this rank, on both backends. On
+// an H200 they beat dropout + cuBLASLt at r = 4 and lose at r = 16 (bench/NOTES.md), so larger ranks keep the
+// GEMM path until their kernels are faster.
+constexpr int64_t kLoraFuseMaxRank = 4;
+bool lora_fuses_down(int64_t in, int64_t r);
+bool lora_fuses_up(int64_t out, int64_t r);
 // out = a + b (residual add, one rounding).
 Var add(Tape& tape, const Var& a, const Var& b);
 // out = alpha * x

@@ -192,9 +192,10 @@ __global__ void nf4_dequantize_kernel(T* __restrict__ out, const uint8_t* __rest
                                       const float* __restrict__ offset, int64_t e0, int64_t count,
                                       const __grid_constant__ Nf4Tables tab) {
   constexpr int kE = 16 / sizeof(T), kUnits = 32 / kE;
+  // The 16 NF4 values in shared memory (indexed per element). The 8-bit absmax code is looked up in the
+  // parameter bank directly: a warp's units span at most 4 NF4 blocks, so that read diverges at most 4 ways,
+  // where copying all 256 entries per block cost 256 divergent reads.
   __shared__ float nf4[16];
-  __shared__ float code[256];
-  code[threadIdx.x] = tab.map[threadIdx.x];
   if (threadIdx.x < 16) nf4[threadIdx.x] = tab.nf4[threadIdx.x];
   __syncthreads();
   const float off = offset[0];
@@ -205,7 +206,7 @@ __global__ void nf4_dequantize_kernel(T* __restrict__ out, const uint8_t* __rest
     const int64_t local = (warp * 32 * kUnits + j * 32 + lane) * kE;  // first output of this unit
     if (local >= count) break;
     const int64_t e = e0 + local, b = e / kNf4Block;
-    const float absmax = __fadd_rn(mul_ftz(code[absmax_q[b]], absmax2[b / kNf4Block2]), off);
+    const float absmax = __fadd_rn(mul_ftz(tab.map[absmax_q[b]], absmax2[b / kNf4Block2]), off);
     if (local + kE <= count) {
       uint32_t bits;  // kE nibbles, first element in the high nibble of the first byte
       if constexpr (kE == 8) bits = *reinterpret_cast<const uint32_t*>(packed + e / 2);

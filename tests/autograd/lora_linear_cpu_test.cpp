@@ -1,7 +1,8 @@
-// tests/autograd/lora_linear_cpu_test.cpp (label cpu): lora_linear's fused path (r <= 16, ops/lora_down) against
-// its unfused path (r > 16: dropout + matmuls). The branch is linear in its ranks, so a rank-17 branch equals
-// the sum of its first 16 ranks and its last rank: y, dx (minus the base counted twice), dA and dB (rows /
-// columns) must agree, with the same dropout mask (it depends on x's elements only, not on r). f64 throughout.
+// tests/autograd/lora_linear_cpu_test.cpp (label cpu): lora_linear's fused path (r <= kLoraFuseMaxRank = 4:
+// ops/lora_down, ops/lora_up) against its unfused path (r = 5: dropout + matmuls). The branch is linear in its
+// ranks, so a rank-5 branch equals the sum of its first 4 ranks and its last rank: y, dx (minus the base
+// counted twice), dA and dB (rows / columns) must agree, with the same dropout mask (it depends on x's
+// elements only, not on r). f64 throughout.
 #include "autograd/functions.h"
 #include "ops/lora_down.h"
 #include "tests/test_util.h"
@@ -13,7 +14,7 @@ using autograd::Tape;
 using autograd::Var;
 using engine::Tensor;
 
-constexpr int64_t kN = 5, kIn = 16, kOut = 6, kR = 17;  // in % 8 == 0: fusable
+constexpr int64_t kN = 5, kIn = 16, kOut = 8, kR = 5;  // in, out % 8 == 0: fusable
 
 Tensor filled(Engine& eng, Shape s, const std::vector<double>& v) {
   Tensor t = eng.empty(s, DType::kF64);
@@ -66,11 +67,12 @@ Result run(int64_t j0, int64_t j1) {
 }
 
 TEST(LoraLinearCpu, FusedRanksSumToTheUnfusedBranch) {
-  ASSERT_EQ(ops::kLoraDownMaxRank, kR - 1);  // 16 and 1 ranks take the fused path, 17 the unfused one
-  ASSERT_TRUE(ops::lora_down_fusable(kIn, kR - 1));
-  ASSERT_FALSE(ops::lora_down_fusable(kIn, kR));
+  ASSERT_EQ(autograd::kLoraFuseMaxRank, kR - 1);  // 4 and 1 ranks take the fused path, 5 the unfused one
+  ASSERT_TRUE(autograd::lora_fuses_down(kIn, kR - 1) && autograd::lora_fuses_up(kOut, kR - 1));
+  ASSERT_TRUE(autograd::lora_fuses_down(kIn, 1) && autograd::lora_fuses_up(kOut, 1));
+  ASSERT_FALSE(autograd::lora_fuses_down(kIn, kR) || autograd::lora_fuses_up(kOut, kR));
   const Result all = run(0, kR), lo = run(0, kR - 1), hi = run(kR - 1, kR);
-  // y(ranks 0..15) + y(rank 16) counts the base twice: y_base = y(lo) + y(hi) - y(all), likewise dx.
+  // y(ranks 0..3) + y(rank 4) counts the base twice: y_base = y(lo) + y(hi) - y(all), likewise dx.
   std::vector<double> y_base(all.y.size()), dx_base(all.dx.size());
   for (size_t i = 0; i < y_base.size(); ++i) y_base[i] = lo.y[i] + hi.y[i] - all.y[i];
   for (size_t i = 0; i < dx_base.size(); ++i) dx_base[i] = lo.dx[i] + hi.dx[i] - all.dx[i];
