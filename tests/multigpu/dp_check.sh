@@ -11,6 +11,8 @@
 #   3. kill -9 of one rank mid-run: the launcher ends the job within 60 s, naming the rank.
 #   4. the env contract without the launcher (RANK/WORLD_SIZE/...): kill -9 of the last rank ends rank 0
 #      within 60 s through its watchdog (socket liveness + ncclCommAbort), naming the dead rank.
+#   5. with bench_train in BIN_DIR: the Gemma-2-2B shape, NPROC x batch 4 vs 1 x batch 4*NPROC (losses within
+#      1e-3 relative over 10 steps), and the scaling efficiency at batch 8 per GPU.
 # Exit status 0 = all passed. Work files stay in $WORK (printed) for inspection.
 set -uo pipefail
 BIN=$(cd "${1:?usage: dp_check.sh BIN_DIR [NPROC]}" && pwd)
@@ -128,6 +130,32 @@ for r in $(seq 1 $((NPROC - 2))); do  # the middle ranks watch rank 0, which has
   grep -q "rank $r: stopping the job" "$WORK/env_rank$r.log" || bad "env: rank $r did not report stopping"
 done
 for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
+
+# 5. With bench_train in BIN: the Gemma-2-2B shape (random weights, seq 512, bf16, dropout 0). NPROC GPUs x
+#    batch 4 vs 1 GPU x batch 4*NPROC over 10 steps (bench_train numbers rows globally, so both see the same
+#    rows): per-step losses within 1e-3 relative. Then scaling: tokens/s per GPU at batch 8, 1 vs NPROC GPUs.
+if [ -x "$BIN/bench_train" ]; then
+  two=(--grad-accum 1 --seq 512 --dtype bf16 --dropout 0 --steps 10 --warmup 0 --quiet)
+  "$BIN/bench_train" "${two[@]}" --batch $((4 * NPROC)) --json-out "$WORK/b2_ref.jsonl" >"$WORK/b2_ref.log" 2>&1 &&
+  "$BIN/bench_train" "${two[@]}" --batch 4 --nproc "$NPROC" --json-out "$WORK/b2_dp.jsonl" >"$WORK/b2_dp.log" 2>&1 &&
+  python3 - "$WORK/b2_ref.jsonl" "$WORK/b2_dp.jsonl" <<'PY' || bad "2B shape: losses differ (logs in $WORK/b2_*.log)"
+import json, sys
+a, b = (json.loads(open(f).readlines()[-1])["losses"] for f in sys.argv[1:3])
+worst = max(abs(x - y) / abs(x) for x, y in zip(a, b))
+print("dp_check: 2B shape: %d steps, worst relative loss difference %.3g (tolerance 1e-3)" % (len(a), worst))
+sys.exit(0 if len(a) == len(b) == 10 and worst <= 1e-3 else 1)
+PY
+  [ -s "$WORK/b2_dp.jsonl" ] || bad "2B shape: a bench_train run failed (logs in $WORK/b2_*.log)"
+  sc=(--batch 8 --grad-accum 1 --seq 512 --dtype bf16 --steps 8 --warmup 2 --quiet --json-out "$WORK/b2_scale.jsonl")
+  "$BIN/bench_train" "${sc[@]}" >/dev/null 2>&1 && "$BIN/bench_train" "${sc[@]}" --nproc "$NPROC" >/dev/null 2>&1 &&
+  python3 - "$WORK/b2_scale.jsonl" <<'PY' || bad "2B shape: scaling runs failed"
+import json, sys
+one, many = (json.loads(l) for l in open(sys.argv[1]).readlines()[-2:])
+print("dp_check: 2B shape bs8 seq512: 1 GPU %.0f tok/s, %d GPUs %.0f tok/s (%.0f per GPU): efficiency %.1f%%"
+      % (one["tokens_per_s"], many["world_size"], many["tokens_per_s"], many["tokens_per_s_per_gpu"],
+         100 * many["tokens_per_s_per_gpu"] / one["tokens_per_s"]))
+PY
+fi
 
 if [ $FAIL -eq 0 ]; then say "PASS"; else say "FAILED (logs in $WORK)"; fi
 exit $FAIL
