@@ -1,6 +1,7 @@
 // engine/philox.h: counter-based RNG (Philox4x32-10, Salmon et al., SC'11), the same code on host and
 // device, so the CPU and CUDA backends draw identical streams for the same (seed, stream, index).
-//   Element i of stream s under seed k is word i%4 of philox(key=k, counter={i/4, s}).
+//   Element i of stream s under seed k is word i%4 of philox(key=k, counter={i/4, s}) (philox_u32); dropout
+//   masks use 16-bit halves instead, 8 elements per counter (philox_u16, below).
 //   uniform(): 24 random bits -> [0, 1), bit-identical on host and device. normal(): Box-Muller on two
 //   uniforms of one counter; logf/cosf may differ by an ulp between host libm and device math.
 #pragma once

@@ -281,7 +281,9 @@ Var Gemma2Model::linear(Tape& tape, const Var& x, Linear& w, int64_t layer) {
   br.scaling = m->scaling;
   br.dropout = train_ ? m->dropout : 0.f;  // nn.Dropout is the identity in eval mode
   br.seed = dropout_seed_;
-  br.stream = m->stream;
+  // A's initialisation drew from (init seed, m->stream): a tagged stream keeps the masks independent of it
+  // when both seeds are training.seed.
+  br.stream = m->stream ^ 0x64726f706f7574ull;  // "dropout"
   br.offset = micro_step_ << 32;  // N*in < 2^32 elements per call: masks never overlap
   return autograd::lora_linear(tape, x, base, &br);
 }

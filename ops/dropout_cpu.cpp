@@ -1,7 +1,8 @@
 // ops/dropout_cpu.cpp: reference dropout. Forward and backward are the same diagonal linear map
 // (keep_i * scale), so one loop serves both: y = x * keep * scale, dx (+)= dy * keep * scale.
-// The product of a stored value and the f32 scale is exact in f64, so rounding it once to f32/f16/bf16 gives
-// the same bits as the CUDA kernel's f32 multiply.
+// The product (and the add) is rounded to f32 first, then to the output dtype, as the CUDA kernel and torch's
+// f32 opmath do: rounding the exact product straight to bf16/f16 can differ where the f32 product lands on a
+// 16-bit midpoint (bf16 x = 1.2890625, p = 0.4: 2.15625, not 2.140625).
 #include "ops/dropout.h"
 
 #include "engine/philox.h"
@@ -19,6 +20,9 @@ void dropout_check(TensorView out, TensorView in, const DropoutParams& p) {
 namespace cpu {
 namespace {
 
+// CUDA computes in f32 for every output dtype it has; f64 (CPU only, for gradient checks) stays exact.
+double opmath(double v, DType out) { return out == DType::kF64 ? v : double(float(v)); }
+
 void dropout_apply(TensorView out, bool accumulate, TensorView in, const DropoutParams& p) {
   const float scale = 1.0f / (1.0f - p.p);
   engine::Philox4 block{};  // one Philox call gives the 16-bit randoms of 8 consecutive indices
@@ -27,8 +31,8 @@ void dropout_apply(TensorView out, bool accumulate, TensorView in, const Dropout
     const uint64_t idx = p.offset + uint64_t(i);
     if (p.p != 0.0f && idx >> 3 != block_id) block = engine::philox4x32_10(p.seed, block_id = idx >> 3, p.stream);
     const bool keep = p.p == 0.0f || engine::dropout_keep(engine::philox_half(block, int(idx & 7)), p.p);
-    double v = keep ? engine::load_f64(in.data, in.dtype, i) * double(scale) : 0.0;
-    if (accumulate) v += engine::load_f64(out.data, out.dtype, i);
+    double v = keep ? opmath(engine::load_f64(in.data, in.dtype, i) * double(scale), out.dtype) : 0.0;
+    if (accumulate) v = opmath(v + engine::load_f64(out.data, out.dtype, i), out.dtype);
     engine::store_f64(out.data, out.dtype, i, v);
   }
 }

@@ -6,8 +6,11 @@
 //   Backward (one pass over x and dx, the mask regenerated once per element, nothing saved):
 //     dA[j,k] += sum_m dt[m,j] * xd[m,k]                                always accumulates (parameter gradient)
 //     v[m,k]   = keep(m,k) ? round_dt(round_dt(sum_j dt[m,j] * a[j,k]) * scale) : 0
-//                (= dropout_backward(round_dt(dt @ a)), what the unfused path computes)
+//                (= dropout_backward(round_dt(dt @ a)) into a tensor of x's dtype)
 //     dx       = v, or round_dt(dx + v) with Accum::kAdd; skipped when dx is undefined.
+//   v is rounded before the add, as in torch, where dropout's backward returns a tensor of x's dtype that
+//   autograd then adds to dx; lora_linear's unfused path (r > 4) adds inside dropout_backward in f32, one
+//   rounding fewer. Products and sums are f32 before each rounding (the CPU reference rounds them to f32 too).
 //   Shapes: x, dx (n, in); a (r, in); t, dt (n, r); dA (r, in); lora_down_fusable(in, r): 1 <= r <= 16 and
 //   in % 8 == 0 (callers keep dropout + GEMMs otherwise, on both backends, so CPU and CUDA take one path).
 //   dtypes: x, a, t, dt, dx alike: f32/f16/bf16 (f64 on CPU); dA f32 (f32 or f64 on CPU).

@@ -1,6 +1,7 @@
 // ops/lora_down_cpu.cpp: reference fused LoRA down-projection, plain loops with f64 sums. The mask and the
-// dropout product follow ops/dropout_cpu.cpp (x * f32 scale is exact in f64, rounded once to x's dtype), so
-// the rounding points are those of dropout_forward + matmul (forward) and matmul + dropout_backward (dx).
+// dropout product follow ops/dropout_cpu.cpp (x * f32 scale rounded to f32, then to x's dtype), so the
+// rounding points are those of dropout_forward + matmul (forward) and of torch's matmul + dropout backward +
+// autograd's add (dx; see ops/lora_down.h).
 #include "ops/lora_down.h"
 
 #include <algorithm>
@@ -26,6 +27,9 @@ void check_common(TensorView x, TensorView a, const LoraDownParams& p, const cha
   ENGINE_CHECK(a.numel() == p.r * p.in, what, ": a ", a.str(), " must hold r=", p.r, " x in=", p.in);
   ENGINE_CHECK(p.p >= 0.0f && p.p < 1.0f, what, ": p=", p.p, " must be in [0, 1)");
 }
+
+// CUDA computes products and sums in f32 before rounding to a 16-bit dtype; f64 (CPU only) stays exact.
+double opmath(double v, DType t) { return t == DType::kF64 ? v : double(float(v)); }
 
 // keep(i) for flat element i of x: one Philox call per 8 stream indices, as ops::cpu::dropout.
 class Mask {
@@ -72,7 +76,7 @@ void lora_down_forward(TensorView t, TensorView x, TensorView a, const LoraDownP
   for (int64_t m = 0; m < p.n; ++m) {
     for (int64_t k = 0; k < p.in; ++k) {
       const int64_t i = m * p.in + k;
-      xd[size_t(k)] = mask.keep(i) ? engine::round_to(x.dtype, engine::load_f64(x.data, x.dtype, i) * scale) : 0.0;
+      xd[size_t(k)] = mask.keep(i) ? engine::round_to(x.dtype, opmath(engine::load_f64(x.data, x.dtype, i) * scale, x.dtype)) : 0.0;
     }
     for (int64_t j = 0; j < p.r; ++j) {
       double s = 0;
@@ -93,16 +97,16 @@ void lora_down_backward(TensorView da, TensorView dx, Accum dx_mode, TensorView 
     for (int64_t k = 0; k < p.in; ++k) {
       const int64_t i = m * p.in + k;
       const bool keep = mask.keep(i);
-      const double xd = keep ? engine::round_to(x.dtype, engine::load_f64(x.data, x.dtype, i) * scale) : 0.0;
+      const double xd = keep ? engine::round_to(x.dtype, opmath(engine::load_f64(x.data, x.dtype, i) * scale, x.dtype)) : 0.0;
       for (int64_t j = 0; j < p.r; ++j) sum[size_t(j * p.in + k)] += dtr[size_t(j)] * xd;
       if (!dx.defined()) continue;
       double v = 0;
       if (keep) {
         double g = 0;
         for (int64_t j = 0; j < p.r; ++j) g += dtr[size_t(j)] * engine::load_f64(a.data, a.dtype, j * p.in + k);
-        v = engine::round_to(x.dtype, engine::round_to(x.dtype, g) * scale);
+        v = engine::round_to(x.dtype, opmath(engine::round_to(x.dtype, g) * scale, x.dtype));
       }
-      if (dx_mode == Accum::kAdd) v += engine::load_f64(dx.data, dx.dtype, i);
+      if (dx_mode == Accum::kAdd) v = opmath(v + engine::load_f64(dx.data, dx.dtype, i), x.dtype);
       engine::store_f64(dx.data, dx.dtype, i, v);
     }
   }

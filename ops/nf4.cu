@@ -193,7 +193,7 @@ __global__ void nf4_dequantize_kernel(T* __restrict__ out, const uint8_t* __rest
                                       const __grid_constant__ Nf4Tables tab) {
   constexpr int kE = 16 / sizeof(T), kUnits = 32 / kE;
   // The 16 NF4 values in shared memory (indexed per element). The 8-bit absmax code is looked up in the
-  // parameter bank directly: a warp's units span at most 4 NF4 blocks, so that read diverges at most 4 ways,
+  // parameter bank directly: a warp's units span at most 5 NF4 blocks, so that read diverges at most 5 ways,
   // where copying all 256 entries per block cost 256 divergent reads.
   __shared__ float nf4[16];
   if (threadIdx.x < 16) nf4[threadIdx.x] = tab.nf4[threadIdx.x];

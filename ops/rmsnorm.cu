@@ -65,7 +65,6 @@ __global__ void rmsnorm_backward_kernel(T* __restrict__ dx, bool accumulate, flo
 
 constexpr int kV = 8, kRowsPerBlock = 8;  // warps per block of the vector kernels
 
-template <typename T>
 __device__ __forceinline__ void load_w8(const float* w, int64_t v, float (&o)[kV]) {
   const float4 a = reinterpret_cast<const float4*>(w)[2 * v], b = reinterpret_cast<const float4*>(w)[2 * v + 1];
   o[0] = 1.f + a.x; o[1] = 1.f + a.y; o[2] = 1.f + a.z; o[3] = 1.f + a.w;
@@ -93,7 +92,7 @@ __global__ void rmsnorm_forward_vec_kernel(T* __restrict__ y, float* __restrict_
   for (int64_t v = lane; v < nv; v += 32) {
     const Vec<T, kV> xv = xr[v];
     float w1[kV];
-    load_w8<T>(w, v, w1);
+    load_w8(w, v, w1);
     Vec<T, kV> o;
 #pragma unroll
     for (int k = 0; k < kV; ++k) o.v[k] = from_f32<T>((to_f32(xv.v[k]) * rs) * w1[k]);
@@ -118,7 +117,7 @@ __global__ void rmsnorm_backward_vec_kernel(T* __restrict__ dx, bool accumulate,
   for (int64_t v = lane; v < nv; v += 32) {
     const Vec<T, kV> xv = xr[v], dv = dyr[v];
     float w1[kV];
-    load_w8<T>(w, v, w1);
+    load_w8(w, v, w1);
 #pragma unroll
     for (int k = 0; k < kV; ++k) gx += to_f32(dv.v[k]) * w1[k] * to_f32(xv.v[k]);
   }
@@ -127,7 +126,7 @@ __global__ void rmsnorm_backward_vec_kernel(T* __restrict__ dx, bool accumulate,
   for (int64_t v = lane; v < nv; v += 32) {
     const Vec<T, kV> xv = xr[v], dv = dyr[v];
     float w1[kV];
-    load_w8<T>(w, v, w1);
+    load_w8(w, v, w1);
     Vec<T, kV> o;
     if (accumulate) o = dxr[v];
 #pragma unroll

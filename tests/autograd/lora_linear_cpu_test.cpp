@@ -33,8 +33,10 @@ struct Result {
   std::vector<double> y, dx, da, db;  // da: (j1 - j0, in); db: (out, j1 - j0)
 };
 
-// lora_linear with ranks [j0, j1) of the A (kR, in) / B (out, kR) below, dropout 0.3.
-Result run(int64_t j0, int64_t j1) {
+// lora_linear with ranks [j0, j1) of the A (kR, in) / B (out, kR) below, dropout 0.3. misalign: the compute
+// copies of A and B are views one element into a larger buffer, as an odd r*in leaves later adapters in the
+// flat bank (the fused kernels need 8-element alignment, so lora_linear must take the GEMM path).
+Result run(int64_t j0, int64_t j1, bool misalign = false) {
   Engine eng({engine::Backend::kCPU});
   const auto xv = random_normal(kN * kIn, 1), wv = random_normal(kOut * kIn, 2), av = random_normal(kR * kIn, 3, 0.2);
   const auto bv = random_normal(kOut * kR, 4, 0.2), gv = random_normal(kN * kOut, 5);
@@ -53,6 +55,16 @@ Result run(int64_t j0, int64_t j1) {
   autograd::LoraBranch lb;
   lb.A = at; lb.B = bt; lb.dA = da; lb.dB = db;
   lb.Ac = at; lb.Bc = bt;  // f64 compute copies: the masters themselves
+  Tensor shifted;
+  if (misalign) {
+    std::vector<double> ab(1, 0.0);
+    ab.insert(ab.end(), a.begin(), a.end());
+    ab.insert(ab.end(), b.begin(), b.end());
+    shifted = filled(eng, {int64_t(ab.size())}, ab);
+    const TensorView sv = shifted;
+    lb.Ac = TensorView{static_cast<double*>(sv.data) + 1, DType::kF64, {r, kIn}, sv.device};
+    lb.Bc = TensorView{static_cast<double*>(sv.data) + 1 + r * kIn, DType::kF64, {kOut, r}, sv.device};
+  }
   lb.scaling = 0.5f;
   lb.dropout = 0.3f;
   lb.seed = 7; lb.stream = 2; lb.offset = 12;
@@ -96,6 +108,16 @@ TEST(LoraLinearCpu, FusedRanksSumToTheUnfusedBranch) {
   }
   EXPECT_CLOSE(all.da, da, (Tol{1e-12, 1e-10}));
   EXPECT_CLOSE(all.db, db, (Tol{1e-12, 1e-10}));
+}
+
+TEST(LoraLinearCpu, MisalignedAdapterViewsTakeTheGemmPath) {
+  // Rank 4 is fusable by shape; one-element-off views must fall back to dropout + GEMMs (the CUDA kernels
+  // would refuse them) and still give the same branch.
+  const Result fused = run(0, 4), gemm = run(0, 4, true);
+  EXPECT_CLOSE(gemm.y, fused.y, (Tol{1e-12, 1e-10}));
+  EXPECT_CLOSE(gemm.dx, fused.dx, (Tol{1e-12, 1e-10}));
+  EXPECT_CLOSE(gemm.da, fused.da, (Tol{1e-12, 1e-10}));
+  EXPECT_CLOSE(gemm.db, fused.db, (Tol{1e-12, 1e-10}));
 }
 
 }  // namespace

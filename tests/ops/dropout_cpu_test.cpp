@@ -125,4 +125,23 @@ TEST(DropoutCpu, RejectsBadArguments) {
   EXPECT_THROW(ops::cpu::dropout_forward(y, xi, params(8, 0.1f)), engine::Error);
 }
 
+// x * scale is rounded to f32 before the 16-bit output (as the CUDA kernel and torch's f32 opmath): at
+// p = 0.4, bf16 x = 1.2890625 gives the f32 product 2.1484375, a bf16 midpoint that ties to 2.15625 (the exact
+// product, just below it, would round to 2.140625).
+TEST(DropoutCpu, ProductRoundedToF32First) {
+  Engine eng({engine::Backend::kCPU});
+  const int64_t n = 512;
+  auto p = params(n, 0.4f, 1, 0);
+  TestTensor x(eng, Device::kCPU, {n}, DType::kBF16, std::vector<double>(size_t(n), 1.2890625));
+  TestTensor y(eng, Device::kCPU, {n}, DType::kBF16);
+  ops::cpu::dropout_forward(y, x, p);
+  int kept = 0;
+  for (double v : y.values()) {
+    if (v == 0.0) continue;
+    ++kept;
+    EXPECT_EQ(v, 2.15625);
+  }
+  EXPECT_GT(kept, 200);
+}
+
 }  // namespace

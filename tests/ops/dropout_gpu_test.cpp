@@ -11,7 +11,7 @@ using namespace test;
 
 struct DropoutCase {
   int64_t n;
-  uint64_t offset;  // not a multiple of 4: partial first Philox counter
+  uint64_t offset;  // not a multiple of 8: partial first Philox counter
   DType in, out;
 };
 
@@ -120,6 +120,28 @@ TEST(DropoutGpuPaths, MisalignedScalarPathMatchesVectorPath) {
     const std::vector<double> scalar = ys.values(), vec = ya.values(), cpu = yc.values();
     EXPECT_CLOSE(std::vector<double>(scalar.begin() + 1, scalar.end()), cpu, (Tol{0, 0})) << "offset " << offset;
     EXPECT_CLOSE(vec, cpu, (Tol{0, 0})) << "offset " << offset;
+  }
+}
+
+// p = 0.4 makes 1/(1-p) inexact, so x * scale can land on a bf16/f16 midpoint in f32: the CPU reference rounds
+// to f32 first as the kernel does, so the outputs stay bit-identical (forward and set-mode backward).
+TEST(DropoutGpuPaths, MidpointProductsMatchCpuAtP04) {
+  REQUIRE_CUDA();
+  Engine eng;
+  const int64_t n = 100003;
+  for (DType dt : {DType::kBF16, DType::kF16}) {
+    ops::DropoutParams p;
+    p.n = n;
+    p.p = 0.4f;
+    p.seed = 3;
+    p.stream = 5;
+    p.offset = 8;
+    const std::vector<double> xv = random_normal(n, 9);
+    TestTensor xg(eng, Device::kCUDA, {n}, dt, xv), yg(eng, Device::kCUDA, {n}, dt);
+    TestTensor xc(eng, Device::kCPU, {n}, dt, xv), yc(eng, Device::kCPU, {n}, dt);
+    ops::dropout_forward(yg, xg, p, eng);
+    ops::dropout_forward(yc, xc, p, eng);
+    EXPECT_CLOSE(yg.values(), yc.values(), (Tol{0, 0})) << engine::dtype_name(dt);
   }
 }
 

@@ -13,7 +13,7 @@ using namespace test;
 struct LoraDownCase {
   int64_t n, in, r;
   float p;
-  uint64_t offset;  // not a multiple of 4: rows straddle Philox counters
+  uint64_t offset;  // not a multiple of 8: rows straddle Philox counters
   DType dt;
 };
 
