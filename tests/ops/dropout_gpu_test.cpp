@@ -130,12 +130,7 @@ TEST(DropoutGpuPaths, MidpointProductsMatchCpuAtP04) {
   Engine eng;
   const int64_t n = 100003;
   for (DType dt : {DType::kBF16, DType::kF16}) {
-    ops::DropoutParams p;
-    p.n = n;
-    p.p = 0.4f;
-    p.seed = 3;
-    p.stream = 5;
-    p.offset = 8;
+    const ops::DropoutParams p{n, 0.4f, 3, 5, 8};  // n, p, seed, stream, offset
     const std::vector<double> xv = random_normal(n, 9);
     TestTensor xg(eng, Device::kCUDA, {n}, dt, xv), yg(eng, Device::kCUDA, {n}, dt);
     TestTensor xc(eng, Device::kCPU, {n}, dt, xv), yc(eng, Device::kCPU, {n}, dt);
