@@ -107,8 +107,8 @@ Tensor lora_down_workspace(const TensorView& x, int64_t n, int64_t in, int64_t r
 }
 }  // namespace
 
-bool lora_fuses_down(int64_t in, int64_t r) { return r <= kLoraFuseMaxRank && ops::lora_down_fusable(in, r); }
-bool lora_fuses_up(int64_t out, int64_t r) { return r <= kLoraFuseMaxRank && ops::lora_up_fusable(out, r); }
+bool lora_fuses_down(int64_t in, int64_t r, int64_t max_rank) { return r <= max_rank && ops::lora_down_fusable(in, r); }
+bool lora_fuses_up(int64_t out, int64_t r, int64_t max_rank) { return r <= max_rank && ops::lora_up_fusable(out, r); }
 
 namespace {
 // The fused kernels move 8-element vectors. Adapter views sit at their offsets in one flat bank, so a model
@@ -140,7 +140,7 @@ Var lora_linear(Tape& tape, const Var& x, const FrozenLinear& base, const LoraBr
     ac = Tensor(lora->Ac, nullptr);
     bc = Tensor(lora->Bc, nullptr);
     t = eng.empty({n, r}, dt);
-    if (lora_fuses_down(in, r) && vec8({x.t(), ac})) {  // dropout fused into lora_A: no dropout(x) buffer
+    if (lora_fuses_down(in, r, lora->fuse_max_rank) && vec8({x.t(), ac})) {  // dropout fused into lora_A: no dropout(x) buffer
       ops::lora_down_forward(t, x.t(), ac, lora_down_workspace(x.t(), n, in, r, eng), lora_down_params(*lora, n, in), eng);
     } else {
       Tensor xa_buf;
@@ -154,7 +154,7 @@ Var lora_linear(Tape& tape, const Var& x, const FrozenLinear& base, const LoraBr
       pa.m = n; pa.n = r; pa.k = in; pa.trans_b = true;
       ops::matmul(t, xa, ac, pa, eng);
     }
-    if (lora_fuses_up(out_f, r) && vec8({y.t(), bc})) {  // y += scaling * t B^T in one pass over y
+    if (lora_fuses_up(out_f, r, lora->fuse_max_rank) && vec8({y.t(), bc})) {  // y += scaling * t B^T in one pass over y
       ops::lora_up_forward(y.t(), t, bc, {n, out_f, r, lora->scaling}, eng);
     } else {
       ops::MatmulParams pb;
@@ -181,7 +181,7 @@ Var lora_linear(Tape& tape, const Var& x, const FrozenLinear& base, const LoraBr
       if (!has_lora) return;
       const int64_t r = lb.A.shape[0];
       Tensor dt_buf = e.empty({n, r}, dt);  // d t = scaling * dy @ B (n, r)
-      if (lora_fuses_up(out_f, r) && vec8({dy, bc})) {  // dt and dB += scaling * dy^T t in one pass over dy
+      if (lora_fuses_up(out_f, r, lb.fuse_max_rank) && vec8({dy, bc})) {  // dt and dB += scaling * dy^T t in one pass over dy
         Tensor ws;  // the CUDA kernel's partial sums
         if (dy.device == engine::Device::kCUDA) ws = e.empty({ops::lora_up_workspace_elems(n, out_f, r)}, DType::kF32);
         ops::lora_up_backward(dt_buf, lb.dB, dy, t, bc, ws, {n, out_f, r, lb.scaling}, e);
@@ -193,7 +193,7 @@ Var lora_linear(Tape& tape, const Var& x, const FrozenLinear& base, const LoraBr
         q.m = n; q.n = r; q.k = out_f; q.alpha = lb.scaling;
         ops::matmul(dt_buf, dy, bc, q, e);
       }
-      if (lora_fuses_down(in, r) && vec8({xs.t(), ac, want_dx ? g.grad(dx_ref) : TensorView{}})) {  // dA, dx: one pass
+      if (lora_fuses_down(in, r, lb.fuse_max_rank) && vec8({xs.t(), ac, want_dx ? g.grad(dx_ref) : TensorView{}})) {  // dA, dx: one pass
         const ops::LoraDownParams lp = lora_down_params(lb, n, in);
         ops::lora_down_backward(lb.dA, want_dx ? g.grad(dx_ref) : TensorView{}, Accum::kAdd, dt_buf, xs.t(), ac,
                                 lora_down_workspace(xs.t(), n, in, r, e), lp, e);

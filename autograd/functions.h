@@ -30,6 +30,11 @@ struct FrozenLinear {
   TensorView dequant_ws;
   int64_t out = 0, in = 0;
 };
+// lora_linear takes the fused kernels (ops/lora_down.h, ops/lora_up.h) up to this rank, on both backends. On
+// an H200 they beat dropout + cuBLASLt at r = 4 and lose at r = 16 (bench/NOTES.md), so larger ranks keep the
+// GEMM path until their kernels are faster.
+// LoraBranch::fuse_max_rank overrides it (bench_train --lora-fuse-max-rank measures other choices).
+constexpr int64_t kLoraFuseMaxRank = 4;
 // A LoRA branch: master A (r, in), B (out, r) and their gradients (+=), f32 (f64 for CPU checks).
 struct LoraBranch {
   TensorView A, B, dA, dB;
@@ -37,6 +42,7 @@ struct LoraBranch {
   float scaling = 1.f;
   float dropout = 0.f;
   uint64_t seed = 0, stream = 0, offset = 0;  // Philox key of the dropout mask
+  int64_t fuse_max_rank = kLoraFuseMaxRank;  // lora_linear's fused kernels up to this rank (0: never)
 };
 // y = x W^T + scaling * (dropout(x) A^T) B^T (SPEC.md §4.1). The GEMMs take A and B in x's dtype (Ac, Bc);
 // the LoRA GEMM accumulates into y (beta = 1), so y is rounded once where peft rounds B's output, the
@@ -45,12 +51,8 @@ struct LoraBranch {
 // into the down-projection (forward) and into the dA / dx pass (backward): x' is never stored; when
 // lora_fuses_up(out, r), B's product is added to y in one pass and dt / dB come from one pass over dy.
 Var lora_linear(Tape& tape, const Var& x, const FrozenLinear& base, const LoraBranch* lora);
-// lora_linear takes the fused kernels (ops/lora_down.h, ops/lora_up.h) up to this rank, on both backends. On
-// an H200 they beat dropout + cuBLASLt at r = 4 and lose at r = 16 (bench/NOTES.md), so larger ranks keep the
-// GEMM path until their kernels are faster.
-constexpr int64_t kLoraFuseMaxRank = 4;
-bool lora_fuses_down(int64_t in, int64_t r);
-bool lora_fuses_up(int64_t out, int64_t r);
+bool lora_fuses_down(int64_t in, int64_t r, int64_t max_rank = kLoraFuseMaxRank);
+bool lora_fuses_up(int64_t out, int64_t r, int64_t max_rank = kLoraFuseMaxRank);
 // out = a + b (residual add, one rounding).
 Var add(Tape& tape, const Var& a, const Var& b);
 // out = alpha * x

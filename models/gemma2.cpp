@@ -285,6 +285,7 @@ Var Gemma2Model::linear(Tape& tape, const Var& x, Linear& w, int64_t layer) {
   // when both seeds are training.seed.
   br.stream = m->stream ^ 0x64726f706f7574ull;  // "dropout"
   br.offset = micro_step_ << 32;  // N*in < 2^32 elements per call: masks never overlap
+  br.fuse_max_rank = opts_.lora_fuse_max_rank;
   return autograd::lora_linear(tape, x, base, &br);
 }
 

@@ -50,6 +50,7 @@ struct Gemma2Options {
   bool train_base = false;            // full fine-tuning: every parameter trainable (f32 grads)
   bool quantize_nf4 = false;          // QLoRA: linear weights stored as NF4 + double quant (SPEC.md §3)
   bool gradient_checkpointing = false;
+  int64_t lora_fuse_max_rank = autograd::kLoraFuseMaxRank;  // LoraBranch::fuse_max_rank of every adapter
   // Notes from load() (a bitsandbytes 4-bit checkpoint dequantized for a dense model); unset: one line on stderr.
   std::function<void(const std::string&)> log;
 };

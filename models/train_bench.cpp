@@ -12,6 +12,7 @@
 #include "models/gemma2.h"
 #include "models/gemma2_random.h"
 #include "models/optimizer.h"
+#include "ops/lora_down.h"
 
 namespace models {
 
@@ -49,6 +50,7 @@ nlohmann::ordered_json config_json(const TrainBenchConfig& c, const std::string&
   j["rank"] = c.lora.r;
   j["alpha"] = c.lora.alpha;
   j["dropout"] = c.lora.dropout;
+  j["lora_fuse_max_rank"] = c.lora_fuse_max_rank;
   j["gradient_checkpointing"] = c.gradient_checkpointing;
   j["steps"] = c.steps;
   j["warmup"] = c.warmup;
@@ -75,6 +77,8 @@ void TrainBenchConfig::validate() const {
   ENGINE_CHECK(lora.r >= 1, "--rank must be >= 1, got ", lora.r);
   ENGINE_CHECK(lora.alpha > 0, "--alpha must be > 0, got ", lora.alpha);
   ENGINE_CHECK(lora.dropout >= 0 && lora.dropout < 1, "--dropout must be in [0, 1), got ", lora.dropout);
+  ENGINE_CHECK(lora_fuse_max_rank >= 0 && lora_fuse_max_rank <= ops::kLoraDownMaxRank,
+               "--lora-fuse-max-rank must be in [0, ", ops::kLoraDownMaxRank, "], got ", lora_fuse_max_rank);
   const Gemma2Config& m = model;
   ENGINE_CHECK(m.hidden_size > 0 && m.intermediate_size > 0 && m.num_hidden_layers > 0 && m.num_attention_heads > 0 &&
                    m.num_key_value_heads > 0 && m.head_dim > 0 && m.vocab_size > 0,
@@ -111,6 +115,7 @@ TrainBenchResult run_train_bench(const TrainBenchConfig& cfg, engine::Engine& en
   mo.compute_dtype = cfg.dtype;
   mo.quantize_nf4 = cfg.quantize_nf4;
   mo.gradient_checkpointing = cfg.gradient_checkpointing;
+  mo.lora_fuse_max_rank = cfg.lora_fuse_max_rank;
   RandomInit init;
   init.seed = cfg.seed;
   Gemma2Model model = Gemma2Model::random(cfg.model, eng, mo, init);

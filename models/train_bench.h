@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "autograd/functions.h"
 #include "engine/data_parallel.h"
 #include "engine/engine.h"
 #include "engine/step_timer.h"
@@ -35,6 +36,7 @@ struct TrainBenchConfig {
   bool quantize_nf4 = true;
   bool gradient_checkpointing = false;
   LoraSpec lora;                                // r 4, alpha 8, dropout 0.1, all seven targets
+  int64_t lora_fuse_max_rank = autograd::kLoraFuseMaxRank;  // fused LoRA kernels up to this rank (0: never)
   int64_t steps = 10, warmup = 3;               // timed / untimed optimizer steps
   uint64_t seed = 1;                            // weights, LoRA init, dropout and token ids
   // Throws engine::Error naming the option and the accepted range.

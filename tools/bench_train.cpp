@@ -54,6 +54,8 @@ int main(int argc, char** argv) {
   app.add_option("--rank", cfg.lora.r, "LoRA rank")->capture_default_str();
   app.add_option("--alpha", cfg.lora.alpha, "LoRA alpha")->capture_default_str();
   app.add_option("--dropout", cfg.lora.dropout, "LoRA dropout")->capture_default_str();
+  app.add_option("--lora-fuse-max-rank", cfg.lora_fuse_max_rank,
+                 "fused LoRA kernels up to this rank (0: cuBLASLt + dropout for every rank)")->capture_default_str();
   app.add_option("--steps", cfg.steps, "timed optimizer steps")->capture_default_str();
   app.add_option("--warmup", cfg.warmup, "untimed optimizer steps before them")->capture_default_str();
   app.add_option("--seed", cfg.seed, "seed of the weights, adapters, dropout and tokens")->capture_default_str();

@@ -64,6 +64,8 @@ TEST(TrainBenchCpu, RunsTheTinyPresetForTwoSteps) {
     EXPECT_EQ(j.at("dtype"), engine::dtype_name(dt));
     EXPECT_EQ(j.at("quant"), "nf4");
     EXPECT_EQ(j.at("rank"), 4);
+    EXPECT_EQ(j.at("lora_fuse_max_rank"), autograd::kLoraFuseMaxRank);
+    EXPECT_EQ(j.at("losses").size(), 3u);  // every step, warm-up included
     EXPECT_EQ(j.at("gradient_checkpointing"), false);
     EXPECT_DOUBLE_EQ(j.at("tokens_per_s").get<double>(), r.tokens_per_s);
     EXPECT_DOUBLE_EQ(j.at("step_ms").get<double>(), r.step_median_s * 1e3);
@@ -94,6 +96,17 @@ TEST(TrainBenchCpu, CheckpointingAndDenseVariantsRun) {
   const TrainBenchResult dense = run_train_bench(c, eng);
   EXPECT_NE(dense.losses, plain.losses);  // NF4 rounding changes the loss a little
   EXPECT_NEAR(dense.losses[0], plain.losses[0], 0.05);
+  // The GEMM path for the LoRA branch (no fused kernels) trains the same, within f32 rounding: 3 steps, so
+  // the later losses depend on dA and dB (B = 0 makes the first one independent of the branch).
+  c.quantize_nf4 = true;
+  c.steps = 3;
+  const TrainBenchResult fused = run_train_bench(c, eng);
+  c.lora_fuse_max_rank = 0;
+  const TrainBenchResult gemm = run_train_bench(c, eng);
+  ASSERT_EQ(gemm.losses.size(), 3u);
+  ASSERT_EQ(fused.losses.size(), 3u);
+  EXPECT_NE(fused.losses[2], fused.losses[0]);
+  for (size_t i = 0; i < 3; ++i) EXPECT_NEAR(gemm.losses[i], fused.losses[i], 1e-6 * fused.losses[i]) << i;
 }
 
 TEST(TrainBenchCpu, FlopsMatchTheAnchorsForGemma2_2b) {
@@ -133,6 +146,8 @@ TEST(TrainBenchCpu, RejectsBadConfigurations) {
   expect_error([](TrainBenchConfig& c) { c.lora.r = 0; }, "--rank");
   expect_error([](TrainBenchConfig& c) { c.lora.alpha = 0; }, "--alpha");
   expect_error([](TrainBenchConfig& c) { c.lora.dropout = 1.0; }, "--dropout");
+  expect_error([](TrainBenchConfig& c) { c.lora_fuse_max_rank = -1; }, "--lora-fuse-max-rank");
+  expect_error([](TrainBenchConfig& c) { c.lora_fuse_max_rank = 17; }, "--lora-fuse-max-rank");
   expect_error([](TrainBenchConfig& c) { c.model.num_key_value_heads = 3; }, "--kv-heads");
   expect_error([](TrainBenchConfig& c) { c.model.head_dim = 15; }, "--head-dim");
   expect_error([](TrainBenchConfig& c) { c.model.hidden_size = 0; }, "--hidden");
