@@ -100,26 +100,19 @@ ops::LoraDownParams lora_down_params(const LoraBranch& l, int64_t n, int64_t in)
   p.seed = l.seed; p.stream = l.stream; p.offset = l.offset;
   return p;
 }
-// The CUDA kernels' f32 partials (t's column chunks, dA's row slabs); the CPU reference needs none.
-Tensor lora_down_workspace(const TensorView& x, int64_t n, int64_t in, int64_t r, Engine& eng) {
-  if (x.device != engine::Device::kCUDA) return Tensor();
-  return eng.empty({ops::lora_down_workspace_elems(n, in, r)}, DType::kF32);
+// The fused CUDA kernels' f32 partial sums (elems from ops::lora_*_workspace_elems); the CPU references need none.
+Tensor fused_workspace(const TensorView& like, int64_t elems, Engine& eng) {
+  if (like.device != engine::Device::kCUDA) return Tensor();
+  return eng.empty({elems}, DType::kF32);
 }
 }  // namespace
 
 bool lora_fuses_down(int64_t in, int64_t r, int64_t max_rank) { return r <= max_rank && ops::lora_down_fusable(in, r); }
 bool lora_fuses_up(int64_t out, int64_t r, int64_t max_rank) { return r <= max_rank && ops::lora_up_fusable(out, r); }
 
-namespace {
-// The fused kernels move 8-element vectors. Adapter views sit at their offsets in one flat bank, so a model
-// with an odd r*in can misalign later views; both allocators align bases to >= 64 bytes, so this test gives
-// the same answer on CPU and CUDA and both backends take the same path.
-bool vec8(std::initializer_list<TensorView> ts) {
-  for (const TensorView& t : ts)
-    if (t.defined() && reinterpret_cast<uintptr_t>(t.data) % (engine::dtype_size(t.dtype) * 8) != 0) return false;
-  return true;
-}
-}  // namespace
+// The fused kernels move 8-element vectors, so lora_linear also checks ops::vec8_aligned: adapter views sit at
+// their offsets in one flat bank, and an odd r*in misaligns the later ones. Both allocators align bases to
+// >= 64 bytes, so the check gives the same answer on CPU and CUDA and both backends take the same path.
 
 Var lora_linear(Tape& tape, const Var& x, const FrozenLinear& base, const LoraBranch* lora) {
   Engine& eng = tape.engine();
@@ -140,8 +133,10 @@ Var lora_linear(Tape& tape, const Var& x, const FrozenLinear& base, const LoraBr
     ac = Tensor(lora->Ac, nullptr);
     bc = Tensor(lora->Bc, nullptr);
     t = eng.empty({n, r}, dt);
-    if (lora_fuses_down(in, r, lora->fuse_max_rank) && vec8({x.t(), ac})) {  // dropout fused into lora_A: no dropout(x) buffer
-      ops::lora_down_forward(t, x.t(), ac, lora_down_workspace(x.t(), n, in, r, eng), lora_down_params(*lora, n, in), eng);
+    if (lora_fuses_down(in, r, lora->fuse_max_rank) && ops::vec8_aligned({x.t(), ac})) {
+      // dropout fused into lora_A: no dropout(x) buffer
+      ops::lora_down_forward(t, x.t(), ac, fused_workspace(x.t(), ops::lora_down_workspace_elems(n, in, r), eng),
+                             lora_down_params(*lora, n, in), eng);
     } else {
       Tensor xa_buf;
       TensorView xa = x.t();
@@ -154,7 +149,7 @@ Var lora_linear(Tape& tape, const Var& x, const FrozenLinear& base, const LoraBr
       pa.m = n; pa.n = r; pa.k = in; pa.trans_b = true;
       ops::matmul(t, xa, ac, pa, eng);
     }
-    if (lora_fuses_up(out_f, r, lora->fuse_max_rank) && vec8({y.t(), bc})) {  // y += scaling * t B^T in one pass over y
+    if (lora_fuses_up(out_f, r, lora->fuse_max_rank) && ops::vec8_aligned({y.t(), bc})) {  // y += s t B^T, one pass
       ops::lora_up_forward(y.t(), t, bc, {n, out_f, r, lora->scaling}, eng);
     } else {
       ops::MatmulParams pb;
@@ -181,9 +176,8 @@ Var lora_linear(Tape& tape, const Var& x, const FrozenLinear& base, const LoraBr
       if (!has_lora) return;
       const int64_t r = lb.A.shape[0];
       Tensor dt_buf = e.empty({n, r}, dt);  // d t = scaling * dy @ B (n, r)
-      if (lora_fuses_up(out_f, r, lb.fuse_max_rank) && vec8({dy, bc})) {  // dt and dB += scaling * dy^T t in one pass over dy
-        Tensor ws;  // the CUDA kernel's partial sums
-        if (dy.device == engine::Device::kCUDA) ws = e.empty({ops::lora_up_workspace_elems(n, out_f, r)}, DType::kF32);
+      if (lora_fuses_up(out_f, r, lb.fuse_max_rank) && ops::vec8_aligned({dy, bc})) {  // dt, dB: one pass over dy
+        const Tensor ws = fused_workspace(dy, ops::lora_up_workspace_elems(n, out_f, r), e);
         ops::lora_up_backward(dt_buf, lb.dB, dy, t, bc, ws, {n, out_f, r, lb.scaling}, e);
       } else {
         ops::MatmulParams p;  // dB (out, r) += scaling * dy^T (out, n) @ t (n, r)
@@ -193,10 +187,11 @@ Var lora_linear(Tape& tape, const Var& x, const FrozenLinear& base, const LoraBr
         q.m = n; q.n = r; q.k = out_f; q.alpha = lb.scaling;
         ops::matmul(dt_buf, dy, bc, q, e);
       }
-      if (lora_fuses_down(in, r, lb.fuse_max_rank) && vec8({xs.t(), ac, want_dx ? g.grad(dx_ref) : TensorView{}})) {  // dA, dx: one pass
+      const TensorView dxv = want_dx ? g.grad(dx_ref) : TensorView{};
+      if (lora_fuses_down(in, r, lb.fuse_max_rank) && ops::vec8_aligned({xs.t(), ac, dxv})) {  // dA, dx: one pass
         const ops::LoraDownParams lp = lora_down_params(lb, n, in);
-        ops::lora_down_backward(lb.dA, want_dx ? g.grad(dx_ref) : TensorView{}, Accum::kAdd, dt_buf, xs.t(), ac,
-                                lora_down_workspace(xs.t(), n, in, r, e), lp, e);
+        ops::lora_down_backward(lb.dA, dxv, Accum::kAdd, dt_buf, xs.t(), ac,
+                                fused_workspace(xs.t(), ops::lora_down_workspace_elems(n, in, r), e), lp, e);
         return;
       }
       Tensor xa_buf;

@@ -74,9 +74,7 @@ void adamw_step(TensorView param, TensorView m, TensorView v, TensorView grad, T
   if (p.n == 0) return;
   const AdamWArgs a{p.beta1, p.beta2, adamw_scalars(p), p.weight_decay > 0.0f};
   const bool vec = aligned16(param.data) && aligned16(m.data) && aligned16(v.data) && aligned16(grad.data);
-  int dev = 0, sms = 0;
-  CUDA_CHECK(cudaGetDevice(&dev));
-  CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  const int sms = sm_count();
   // Enough blocks to fill every SM a few times over; the grid-stride loop covers the rest.
   const int64_t per_block = int64_t(kBlock) * (vec ? 4 : 1);
   const int64_t grid = std::min<int64_t>((p.n + per_block - 1) / per_block, 16 * int64_t(sms));

@@ -18,6 +18,14 @@ using engine::TensorView;
 
 enum class Accum : bool { kSet = false, kAdd = true };
 
+// True when every defined view starts on an 8-element boundary (16 bytes of a 16-bit dtype, 32 of f32, 64 of
+// f64): what the kernels that move 8-element vectors need, and what lora_linear checks before fusing.
+inline bool vec8_aligned(std::initializer_list<TensorView> ts) {
+  for (const TensorView& t : ts)
+    if (t.defined() && reinterpret_cast<uintptr_t>(t.data) % (engine::dtype_size(t.dtype) * 8) != 0) return false;
+  return true;
+}
+
 inline bool on_cuda(std::initializer_list<TensorView> ts) {
   return engine::common_device(ts) == Device::kCUDA;
 }

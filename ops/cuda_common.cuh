@@ -59,6 +59,14 @@ __device__ __forceinline__ float block_max(float v, float* smem) {
   return warp_max(v);
 }
 
+// Streaming multiprocessors of the current device (grid sizes that fill every SM a few times over).
+inline int sm_count() {
+  int dev = 0, sms = 0;
+  CUDA_CHECK(cudaGetDevice(&dev));
+  CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  return sms;
+}
+
 // Calls f(std::integral_constant<int, v>{}) with v = value % 8 as a compile-time constant (e.g. the position
 // of an 8-element vector within a Philox counter of dropout randoms, engine/philox.h).
 template <typename F>

@@ -44,20 +44,15 @@ __global__ void dropout_vec_kernel(TO* out, bool accumulate, const TI* in, Dropo
   }
 }
 
-bool vec_aligned(const TensorView& t) {
-  return reinterpret_cast<uintptr_t>(t.data) % (engine::dtype_size(t.dtype) * kV) == 0;
-}
-
 void launch(TensorView out, bool accumulate, TensorView in, const DropoutParams& p, cudaStream_t stream) {
   if (p.n == 0) return;
   const float scale = 1.0f / (1.0f - p.p);
-  int dev = 0, sms = 0;
-  CUDA_CHECK(cudaGetDevice(&dev));
-  CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  const int sms = sm_count();
   // Misaligned pointers: no vectors, every element in the scalar loop.
-  const int64_t nvec = vec_aligned(out) && vec_aligned(in) ? p.n / kV : 0;
+  const int64_t nvec = vec8_aligned({out, in}) ? p.n / kV : 0;
   const int64_t threads = std::max<int64_t>(nvec, nvec == 0 ? p.n : 1);
-  const unsigned grid = unsigned(std::max<int64_t>(1, std::min<int64_t>((threads + kBlock - 1) / kBlock, 16 * int64_t(sms))));
+  const unsigned grid =
+      unsigned(std::max<int64_t>(1, std::min<int64_t>((threads + kBlock - 1) / kBlock, 16 * int64_t(sms))));
   OPS_DISPATCH_FLOAT(out.dtype, TO, OPS_DISPATCH_FLOAT(in.dtype, TI,
     if (p.p > 0.0f) {
       dispatch_mod8(p.offset, [&](auto sh) {

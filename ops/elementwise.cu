@@ -63,9 +63,7 @@ bool vec_aligned(const T* p) { return reinterpret_cast<uintptr_t>(p) % sizeof(Ve
 // Enough blocks for one work item per thread, capped at 16 blocks per SM (full occupancy; the grid-stride
 // loop takes the rest).
 unsigned grid_for(int64_t items) {
-  int dev = 0, sms = 0;
-  CUDA_CHECK(cudaGetDevice(&dev));
-  CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  const int sms = sm_count();
   return unsigned(std::max<int64_t>(1, std::min<int64_t>((items + kBlock - 1) / kBlock, 16 * int64_t(sms))));
 }
 

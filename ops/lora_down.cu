@@ -176,16 +176,12 @@ __global__ void lora_down_reduce_kernel(float* __restrict__ da, const float* __r
   }
 }
 
-bool aligned8(const TensorView& v) {
-  return !v.defined() || reinterpret_cast<uintptr_t>(v.data) % (engine::dtype_size(v.dtype) * kV) == 0;
-}
-
 void check_cuda(const TensorView& x, const TensorView& a, const TensorView& dx, const LoraDownParams& p,
                 const char* what) {
   ENGINE_CHECK(x.dtype != DType::kF64, what, ": f64 is CPU-only (", x.str(), ")");
   ENGINE_CHECK(lora_down_fusable(p.in, p.r), what, ": CUDA needs in % 8 == 0 and 1 <= r <= ", kLoraDownMaxRank,
                ", got in=", p.in, " r=", p.r);
-  ENGINE_CHECK(aligned8(x) && aligned8(a) && aligned8(dx), what, ": x, a and dx must be 8-element aligned");
+  ENGINE_CHECK(vec8_aligned({x, a, dx}), what, ": x, a and dx must be 8-element aligned");
 }
 
 void check_workspace(const TensorView& ws, const LoraDownParams& p, const char* what) {
@@ -250,13 +246,16 @@ void lora_down_backward(TensorView da, TensorView dx, Accum dx_mode, TensorView 
     constexpr bool kDrop = decltype(drop)::value;
     T* dxp = dx.defined() ? dx.ptr<T>() : nullptr;
     const T *dtp = dt.ptr<const T>(), *xp = x.ptr<const T>(), *ap = a.ptr<const T>();
-    if (p.r <= 4) {
-      if (dx.defined()) lora_down_bwd_kernel<T, 4, SH, kDrop, true><<<grid, kThreads, 0, stream>>>(ws, dxp, acc, dtp, xp, ap, p, slab_rows, scale);
-      else lora_down_bwd_kernel<T, 4, SH, kDrop, false><<<grid, kThreads, 0, stream>>>(ws, dxp, acc, dtp, xp, ap, p, slab_rows, scale);
-    } else {
-      if (dx.defined()) lora_down_bwd_kernel<T, 16, SH, kDrop, true><<<grid, kThreads, 0, stream>>>(ws, dxp, acc, dtp, xp, ap, p, slab_rows, scale);
-      else lora_down_bwd_kernel<T, 16, SH, kDrop, false><<<grid, kThreads, 0, stream>>>(ws, dxp, acc, dtp, xp, ap, p, slab_rows, scale);
-    }
+    auto run = [&](auto rp, auto with_dx) {  // RP and kDx as compile-time constants
+      lora_down_bwd_kernel<T, decltype(rp)::value, SH, kDrop, decltype(with_dx)::value>
+          <<<grid, kThreads, 0, stream>>>(ws, dxp, acc, dtp, xp, ap, p, slab_rows, scale);
+    };
+    auto with_rank = [&](auto rp) {
+      if (dx.defined()) run(rp, std::true_type{});
+      else run(rp, std::false_type{});
+    };
+    if (p.r <= 4) with_rank(std::integral_constant<int, 4>{});
+    else with_rank(std::integral_constant<int, 16>{});
   }));
   CUDA_CHECK_LAST();
   const int64_t elems = p.r * p.in;

@@ -151,15 +151,11 @@ __global__ void lora_up_reduce_kernel(T* __restrict__ dt, float* __restrict__ db
   }
 }
 
-bool aligned8(const TensorView& v) {
-  return reinterpret_cast<uintptr_t>(v.data) % (engine::dtype_size(v.dtype) * kV) == 0;
-}
-
 void check_cuda(const TensorView& yy, const TensorView& b, const LoraUpParams& p, const char* what) {
   ENGINE_CHECK(b.dtype != DType::kF64, what, ": f64 is CPU-only (", b.str(), ")");
   ENGINE_CHECK(lora_up_fusable(p.out, p.r), what, ": CUDA needs out % 8 == 0 and r in {1, 2, 4, 8, 16}, got out=",
                p.out, " r=", p.r);
-  ENGINE_CHECK(aligned8(yy) && aligned8(b), what, ": y/dy and b must be 8-element aligned");
+  ENGINE_CHECK(vec8_aligned({yy, b}), what, ": y/dy and b must be 8-element aligned");
 }
 
 // Calls f(std::integral_constant<int, R>{}) for the supported ranks.
@@ -173,13 +169,6 @@ void dispatch_rank(int64_t r, F f) {
     case 8: f(integral_constant<int, 8>{}); break;
     default: f(integral_constant<int, 16>{});
   }
-}
-
-int sm_count() {
-  int dev = 0, sms = 0;
-  CUDA_CHECK(cudaGetDevice(&dev));
-  CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-  return sms;
 }
 
 }  // namespace

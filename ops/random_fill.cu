@@ -30,9 +30,7 @@ void random_normal_fill(TensorView out, const RandomFillParams& p, cudaStream_t 
   ENGINE_CHECK(out.dtype != DType::kF64, "random_normal_fill (cuda): f64 is CPU-only, got ", out.str());
   const int64_t n = out.numel();
   if (n == 0) return;
-  int dev = 0, sms = 0;
-  CUDA_CHECK(cudaGetDevice(&dev));
-  CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  const int sms = sm_count();
   // Enough blocks to fill every SM several times over; grid-stride covers the rest.
   const int64_t grid = std::min<int64_t>((n + kBlock - 1) / kBlock, int64_t(sms) * 16);
   OPS_DISPATCH_FLOAT(out.dtype, T,

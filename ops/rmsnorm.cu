@@ -140,12 +140,7 @@ __global__ void rmsnorm_backward_vec_kernel(T* __restrict__ dx, bool accumulate,
 }
 
 // Rows of whole 8-element vectors at 16-byte (32-byte for f32 data) aligned addresses.
-bool vec_rows(std::initializer_list<TensorView> ts, int64_t cols) {
-  if (cols % kV != 0) return false;
-  for (const TensorView& t : ts)
-    if (reinterpret_cast<uintptr_t>(t.data) % (engine::dtype_size(t.dtype) * kV) != 0) return false;
-  return true;
-}
+bool vec_rows(std::initializer_list<TensorView> ts, int64_t cols) { return cols % kV == 0 && vec8_aligned(ts); }
 
 int block_for(int64_t cols) {
   // Enough threads to cover short rows without idle warps; 256 for long rows.
@@ -195,9 +190,7 @@ void rmsnorm_backward(TensorView dx, Accum dx_mode, TensorView dw, TensorView dy
   }
   const size_t smem = dw.defined() ? size_t(p.cols) * sizeof(float) : 0;
   ENGINE_CHECK(smem <= 48 * 1024, "rmsnorm backward: cols=", p.cols, " exceeds the shared-memory dw buffer");
-  int dev = 0, sms = 0;
-  CUDA_CHECK(cudaGetDevice(&dev));
-  CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  const int sms = sm_count();
   // With dw, cap the grid so each block amortises its dw flush over many rows; without, one block per row.
   const int64_t grid = dw.defined() ? std::min<int64_t>(p.rows, 4 * int64_t(sms)) : p.rows;
   OPS_DISPATCH_FLOAT(x.dtype, T,
