@@ -135,8 +135,7 @@ Var lora_linear(Tape& tape, const Var& x, const FrozenLinear& base, const LoraBr
     t = eng.empty({n, r}, dt);
     if (lora_fuses_down(in, r, lora->fuse_max_rank) && ops::vec8_aligned({x.t(), ac})) {
       // dropout fused into lora_A: no dropout(x) buffer
-      ops::lora_down_forward(t, x.t(), ac, fused_workspace(x.t(), ops::lora_down_workspace_elems(n, in, r), eng),
-                             lora_down_params(*lora, n, in), eng);
+      ops::lora_down_forward(t, x.t(), ac, lora_down_params(*lora, n, in), eng);
     } else {
       Tensor xa_buf;
       TensorView xa = x.t();
@@ -262,7 +261,7 @@ Var rope(Tape& tape, const Var& x, const Var& positions, int64_t heads, int64_t 
 }
 
 Var attention(Tape& tape, const Var& q, const Var& k, const Var& v, const Var& key_mask,
-              const ops::AttentionParams& p) {
+              const ops::AttentionParams& p, bool keep_probs) {
   Engine& eng = tape.engine();
   const bool rg = tape.any_requires_grad({q, k, v});
   Var out = tape.output(q.shape(), q.dtype(), "attention", rg);
@@ -270,6 +269,7 @@ Var attention(Tape& tape, const Var& q, const Var& k, const Var& v, const Var& k
   const TensorView mask = key_mask.defined() ? key_mask.t() : TensorView{};
   ops::attention_forward(out.t(), probs, q.t(), k.t(), v.t(), mask, p, eng);
   if (rg) {
+    if (!keep_probs) probs = Tensor();  // freed now; the backward recomputes it
     GradRef dq = q, dk = k, dv = v, dout = out;
     tape.record("attention", {out}, [q, k, v, key_mask, probs, dq, dk, dv, dout, p](BackwardCtx& g) {
       // The op SETs dq/dk/dv: compute into the gradient buffer on a first contribution, else into scratch.

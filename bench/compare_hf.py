@@ -255,6 +255,18 @@ def run(a):
     return rc
 
 
+def memory_mode(j):
+    """'' for the modes both stacks have; else the engine's partial checkpointing / probability recompute, whose
+    Python-stack reference is that stack's checkpointed run."""
+    parts = []
+    layers, rec = j.get("layers"), j.get("recomputed_layers")
+    if j.get("gradient_checkpointing") and rec is not None and layers is not None and rec < layers:
+        parts.append(f"ckpt {rec}/{layers} layers")
+    if j.get("recompute_attention_probs"):
+        parts.append("probs recomputed")
+    return ", ".join(parts)
+
+
 def table(path):
     """Markdown side-by-side table from bench_train and compare_hf JSON lines."""
     rows, order = {}, []
@@ -264,7 +276,8 @@ def table(path):
             if not line.startswith("{"):
                 continue
             j = json.loads(line)
-            key = (j["preset"], j["batch"], j["seq"], j["grad_accum"], j["dtype"], j["quant"], j["gradient_checkpointing"])
+            key = (j["preset"], j["batch"], j["seq"], j["grad_accum"], j["dtype"], j["quant"], j["gradient_checkpointing"],
+                   memory_mode(j))
             if key not in rows:
                 rows[key] = {}
                 order.append(key)
@@ -286,8 +299,10 @@ def table(path):
 
     for key in order:
         e, h = rows[key].get("engine"), rows[key].get("hf")
-        preset, B, T, GA, dt, q, ck = key
-        name = f"{preset} bs{B} GA{GA} seq{T} {dt} {q}{' ckpt' if ck else ''}"
+        preset, B, T, GA, dt, q, ck, mode = key
+        if mode:  # an engine-only memory mode: against the Python stack's checkpointed run of the same shape
+            h = rows.get((preset, B, T, GA, dt, q, True, ""), {}).get("hf")
+        name = f"{preset} bs{B} GA{GA} seq{T} {dt} {q}{' ckpt' if ck and not mode else ''}{' ' + mode if mode else ''}"
         ok = lambda j: j is not None and "error" not in j
         speed = f"{e['tokens_per_s'] / h['tokens_per_s']:.2f}x" if ok(e) and ok(h) else "—"
         split_e = ("/".join(f"{e[k]:.0f}" for k in ("forward_ms", "head_ms", "backward_ms", "optimizer_ms"))

@@ -284,6 +284,11 @@ const std::vector<Field>& fields() {
       field("training.report_to", &C::training, &T::report_to, "metrics sink", {"tensorboard", "none"}),
       field("training.gradient_checkpointing", &C::training, &T::gradient_checkpointing,
             "recompute activations in backward to save memory"),
+      field("training.checkpoint_layers", &C::training, &T::checkpoint_layers,
+            "with gradient_checkpointing: recompute only the first N layers (the rest keep their activations: "
+            "faster, more memory); null = all"),
+      field("training.recompute_attention_probs", &C::training, &T::recompute_attention_probs,
+            "recompute the (B,H,T,T) attention probabilities in backward instead of keeping them (long sequences)"),
       field("training.resume_from_checkpoint", &C::training, &T::resume_from_checkpoint,
             "empty, latest (newest in output_dir) or a checkpoint folder"),
       field("training.ddp_timeout", &C::training, &T::ddp_timeout,
@@ -588,6 +593,12 @@ void validate(const TrainConfig& c, Reader& r) {
   }
   if (t.save_strategy == "steps") {
     r.check(t.save_steps >= 1, "training.save_steps", str_cat("must be >= 1, got ", t.save_steps));
+  }
+  if (t.checkpoint_layers) {
+    r.check(*t.checkpoint_layers >= 0, "training.checkpoint_layers",
+            str_cat("must be >= 0 or null (all layers), got ", *t.checkpoint_layers));
+    r.check(t.gradient_checkpointing, "training.checkpoint_layers",
+            "is set but training.gradient_checkpointing is false");
   }
   if (t.save_total_limit) {
     r.check(*t.save_total_limit >= 1, "training.save_total_limit",

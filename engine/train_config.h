@@ -75,6 +75,8 @@ struct TrainingConfig {
   int64_t seed = 42;                              // data order, dropout and (by default) LoRA init
   std::string report_to = "tensorboard";          // tensorboard | none
   bool gradient_checkpointing = false;            // recompute layer activations in backward
+  std::optional<int64_t> checkpoint_layers;       // with it: recompute the first N layers only; unset = all
+  bool recompute_attention_probs = false;         // keep no (B,H,T,T) attention probabilities for backward
   std::string resume_from_checkpoint;             // "" | "latest" (newest in output_dir) | a checkpoint path
   double ddp_timeout = 1800;                      // data parallel: seconds without a finished step end the job
 };

@@ -306,7 +306,7 @@ Var Gemma2Model::layer_forward(Tape& tape, const Var& h, int64_t i, const Batch&
   ap.batch = b.batch; ap.seq = b.seq; ap.heads = c.num_attention_heads; ap.kv_heads = c.num_key_value_heads;
   ap.head_dim = c.head_dim; ap.scale = c.attn_scale(); ap.softcap = float(c.attn_logit_softcapping);
   ap.window = c.sliding[size_t(i)] ? c.sliding_window : 0;
-  return layer_tail(tape, h, autograd::attention(tape, q, k, v, mask, ap), i);
+  return layer_tail(tape, h, autograd::attention(tape, q, k, v, mask, ap, !opts_.recompute_attention_probs), i);
 }
 
 Var Gemma2Model::layer_tail(Tape& tape, const Var& h, const Var& attn, int64_t i) {
@@ -327,8 +327,10 @@ Var Gemma2Model::forward(Tape& tape, const Batch& b, bool train) {
   Var ids = tape.constant(b.ids, "ids");
   Var h = autograd::embedding(tape, ids, var(tape, embed_), std::sqrt(float(cfg_.hidden_size)),
                               opts_.compute_dtype);
-  for (int64_t i = 0; i < cfg_.num_hidden_layers; ++i) {
-    if (opts_.gradient_checkpointing && tape.recording()) {
+  const int64_t L = cfg_.num_hidden_layers;
+  const int64_t recomputed = !opts_.gradient_checkpointing ? 0 : opts_.checkpoint_layers < 0 ? L : opts_.checkpoint_layers;
+  for (int64_t i = 0; i < L; ++i) {
+    if (i < recomputed && tape.recording()) {
       h = autograd::checkpoint(tape, h, [this, i, &b](Tape& t, const Var& x) { return layer_forward(t, x, i, b); });
     } else {
       h = layer_forward(tape, h, i, b);

@@ -50,6 +50,13 @@ struct Gemma2Options {
   bool train_base = false;            // full fine-tuning: every parameter trainable (f32 grads)
   bool quantize_nf4 = false;          // QLoRA: linear weights stored as NF4 + double quant (SPEC.md §3)
   bool gradient_checkpointing = false;
+  // With gradient_checkpointing: the first checkpoint_layers layers are recomputed in backward, the others
+  // keep their activations (speed for memory); -1 = every layer. 0..num_hidden_layers, else load()/random()
+  // throw.
+  int64_t checkpoint_layers = -1;
+  // No layer keeps its (B, H, T, T) attention probabilities for backward, which recomputes them (one row
+  // pass per layer): most of a layer's saved activations at long sequences.
+  bool recompute_attention_probs = false;
   int64_t lora_fuse_max_rank = autograd::kLoraFuseMaxRank;  // LoraBranch::fuse_max_rank of every adapter
   // Notes from load() (a bitsandbytes 4-bit checkpoint dequantized for a dense model); unset: one line on stderr.
   std::function<void(const std::string&)> log;
@@ -121,7 +128,11 @@ class Gemma2Model {
     Linear q, k, v, o, gate, up, down;
   };
   Var linear(Tape& tape, const Var& x, Linear& w, int64_t layer);
-  Gemma2Model(Gemma2Config cfg, Engine& eng, Gemma2Options opts) : cfg_(std::move(cfg)), eng_(&eng), opts_(opts) {}
+  Gemma2Model(Gemma2Config cfg, Engine& eng, Gemma2Options opts) : cfg_(std::move(cfg)), eng_(&eng), opts_(opts) {
+    ENGINE_CHECK(opts_.checkpoint_layers >= -1 && opts_.checkpoint_layers <= cfg_.num_hidden_layers,
+                 "checkpoint_layers must be -1 (all) or in [0, ", cfg_.num_hidden_layers,
+                 "] (the model's num_hidden_layers), got ", opts_.checkpoint_layers);
+  }
   Var layer_forward(Tape& tape, const Var& h, int64_t i, const Batch& b);
   // o_proj, post-attention norm and residual, then the MLP block with its norms and residual.
   Var layer_tail(Tape& tape, const Var& h, const Var& attn, int64_t i);

@@ -52,6 +52,8 @@ nlohmann::ordered_json config_json(const TrainBenchConfig& c, const std::string&
   j["dropout"] = c.lora.dropout;
   j["lora_fuse_max_rank"] = c.lora_fuse_max_rank;
   j["gradient_checkpointing"] = c.gradient_checkpointing;
+  j["recomputed_layers"] = recomputed_layers(c);
+  j["recompute_attention_probs"] = c.recompute_attention_probs;
   j["steps"] = c.steps;
   j["warmup"] = c.warmup;
   return j;
@@ -74,6 +76,8 @@ void TrainBenchConfig::validate() const {
                "--dtype must be bf16, f16 or f32, got ", engine::dtype_name(dtype));
   ENGINE_CHECK(steps >= 1, "--steps must be >= 1, got ", steps);
   ENGINE_CHECK(warmup >= 0, "--warmup must be >= 0, got ", warmup);
+  ENGINE_CHECK(checkpoint_layers >= -1 && checkpoint_layers <= model.num_hidden_layers,
+               "--checkpoint-layers must be -1 (all) or in [0, ", model.num_hidden_layers, "], got ", checkpoint_layers);
   ENGINE_CHECK(lora.r >= 1, "--rank must be >= 1, got ", lora.r);
   ENGINE_CHECK(lora.alpha > 0, "--alpha must be > 0, got ", lora.alpha);
   ENGINE_CHECK(lora.dropout >= 0 && lora.dropout < 1, "--dropout must be in [0, 1), got ", lora.dropout);
@@ -90,7 +94,12 @@ void TrainBenchConfig::validate() const {
                " sliding flags for ", m.num_hidden_layers, " layers");
 }
 
-TrainFlops train_flops_per_token(const Gemma2Config& c, int64_t seq, int64_t n_lora, bool ckpt) {
+int64_t recomputed_layers(const TrainBenchConfig& cfg) {
+  if (!cfg.gradient_checkpointing) return 0;
+  return cfg.checkpoint_layers < 0 ? cfg.model.num_hidden_layers : cfg.checkpoint_layers;
+}
+
+TrainFlops train_flops_per_token(const Gemma2Config& c, int64_t seq, int64_t n_lora, double recomputed_fraction) {
   TrainFlops f;
   const int64_t D = c.hidden_size, F = c.intermediate_size, H = c.num_attention_heads, KV = c.num_key_value_heads,
                 HD = c.head_dim, L = c.num_hidden_layers;
@@ -99,7 +108,8 @@ TrainFlops train_flops_per_token(const Gemma2Config& c, int64_t seq, int64_t n_l
   f.n_lora = n_lora;
   const double attn = double(L) * double(H * HD) * double(seq);  // c = 1: every T x T score is computed
   f.model_per_token = 4.0 * double(f.n_lin + f.n_embed) + 12.0 * attn + 6.0 * double(n_lora);
-  f.hardware_per_token = f.model_per_token + (ckpt ? 2.0 * double(f.n_lin) + 4.0 * attn + 2.0 * double(n_lora) : 0.0);
+  f.hardware_per_token =
+      f.model_per_token + recomputed_fraction * (2.0 * double(f.n_lin) + 4.0 * attn + 2.0 * double(n_lora));
   return f;
 }
 
@@ -115,6 +125,8 @@ TrainBenchResult run_train_bench(const TrainBenchConfig& cfg, engine::Engine& en
   mo.compute_dtype = cfg.dtype;
   mo.quantize_nf4 = cfg.quantize_nf4;
   mo.gradient_checkpointing = cfg.gradient_checkpointing;
+  mo.checkpoint_layers = cfg.checkpoint_layers;
+  mo.recompute_attention_probs = cfg.recompute_attention_probs;
   mo.lora_fuse_max_rank = cfg.lora_fuse_max_rank;
   RandomInit init;
   init.seed = cfg.seed;
@@ -158,7 +170,8 @@ TrainBenchResult run_train_bench(const TrainBenchConfig& cfg, engine::Engine& en
   eng.synchronize();
   r.build_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_build).count();
   r.tokens_per_step = B * T * GA;
-  r.flops = train_flops_per_token(cfg.model, T, lora.num_params(), cfg.gradient_checkpointing);
+  r.flops = train_flops_per_token(cfg.model, T, lora.num_params(),
+                                  double(recomputed_layers(cfg)) / double(cfg.model.num_hidden_layers));
   if (log)
     log(engine::str_cat("built in ", r.build_s, " s: ", model.num_base_params(), " base params, ", lora.num_params(),
                         " LoRA params; ", r.flops.model_per_token * 1e-9, " GFLOP/token"));
@@ -232,6 +245,10 @@ TrainBenchResult run_train_bench(const TrainBenchConfig& cfg, engine::Engine& en
 
 std::string summary_line(const TrainBenchResult& r) {
   const TrainBenchConfig& c = r.cfg;
+  std::string ckpt;
+  if (c.gradient_checkpointing)
+    ckpt = recomputed_layers(c) == c.model.num_hidden_layers ? " ckpt" : " ckpt " + std::to_string(recomputed_layers(c));
+  if (c.recompute_attention_probs) ckpt += " probs-recompute";
   char line[640];
   std::snprintf(line, sizeof(line),
                 "engine %s | %s L%lld D%lld | bs %lld x GA %lld x seq %lld %s %s%s | %.0f tok/s | step %.1f ms "
@@ -240,7 +257,7 @@ std::string summary_line(const TrainBenchResult& r) {
                 r.device.c_str(), c.preset.c_str(), (long long)c.model.num_hidden_layers,
                 (long long)c.model.hidden_size, (long long)c.batch, (long long)c.grad_accum, (long long)c.seq,
                 engine::dtype_name(c.dtype), c.quantize_nf4 ? "nf4" : "dense",
-                c.gradient_checkpointing ? " ckpt" : "", r.tokens_per_s, r.step_median_s * 1e3,
+                ckpt.c_str(), r.tokens_per_s, r.step_median_s * 1e3,
                 r.median.forward_s * 1e3, r.median.head_s * 1e3, r.median.backward_s * 1e3,
                 r.median.optimizer_s * 1e3, gib(r.peak_alloc_bytes), gib(r.managed_bytes), gib(r.device_used_bytes),
                 r.mfu * 100, r.hfu * 100);

@@ -35,6 +35,8 @@ struct TrainBenchConfig {
   engine::DType dtype = engine::DType::kBF16;   // compute dtype: bf16, f16 (f32 for CPU smoke tests)
   bool quantize_nf4 = true;
   bool gradient_checkpointing = false;
+  int64_t checkpoint_layers = -1;               // with checkpointing: the first N layers recomputed; -1 = all
+  bool recompute_attention_probs = false;       // no (B,H,T,T) probabilities kept for backward
   LoraSpec lora;                                // r 4, alpha 8, dropout 0.1, all seven targets
   int64_t lora_fuse_max_rank = autograd::kLoraFuseMaxRank;  // fused LoRA kernels up to this rank (0: never)
   int64_t steps = 10, warmup = 3;               // timed / untimed optimizer steps
@@ -45,13 +47,15 @@ struct TrainBenchConfig {
 
 // Model FLOPs per token (ANCHORS.md §4, eager attention c = 1):
 //   F = 4 (N_lin + E) + 12 L d_attn T + 6 N_lora; recompute (gradient checkpointing) adds
-//   2 N_lin + 4 L d_attn T + 2 N_lora to the hardware count.
+//   2 N_lin + 4 L d_attn T + 2 N_lora to the hardware count, times the fraction of layers recomputed.
 struct TrainFlops {
   int64_t n_lin = 0, n_embed = 0, n_lora = 0;
   double model_per_token = 0;     // MFU numerator
   double hardware_per_token = 0;  // HFU numerator (= model without checkpointing)
 };
-TrainFlops train_flops_per_token(const Gemma2Config& c, int64_t seq, int64_t n_lora, bool gradient_checkpointing);
+TrainFlops train_flops_per_token(const Gemma2Config& c, int64_t seq, int64_t n_lora, double recomputed_fraction);
+// The layers gradient checkpointing recomputes under cfg (0 without it).
+int64_t recomputed_layers(const TrainBenchConfig& cfg);
 
 struct TrainBenchResult {
   TrainBenchConfig cfg;

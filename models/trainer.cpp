@@ -188,6 +188,8 @@ TrainResult Trainer::run() {
   mo.compute_dtype = c.compute_dtype();
   mo.quantize_nf4 = c.quantization.load_in_4bit;
   mo.gradient_checkpointing = tc.gradient_checkpointing;
+  mo.checkpoint_layers = tc.checkpoint_layers.value_or(-1);
+  mo.recompute_attention_probs = tc.recompute_attention_probs;
   const auto t_load = std::chrono::steady_clock::now();
   Gemma2Model model = Gemma2Model::load(c.model.path, eng_, mo);
   ENGINE_CHECK(tok.vocab_size() <= model.config().vocab_size, c.model.path, "/tokenizer.model has ",

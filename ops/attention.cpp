@@ -76,13 +76,18 @@ void attention_forward(TensorView out, TensorView probs, TensorView q, TensorVie
 
 void attention_backward(TensorView dq, TensorView dk, TensorView dv, TensorView dout, TensorView q, TensorView k,
                         TensorView v, TensorView probs, TensorView key_mask, const AttentionParams& p, Engine& eng) {
+  const engine::Device dev = engine::common_device({dq, dk, dv, dout, q, k, v, probs, key_mask});
+  const int64_t B = p.batch, T = p.seq, H = p.heads, KV = p.kv_heads, hd = p.head_dim, g = H / KV;
+  const DType dt = q.dtype;
+  engine::Tensor p_own;  // P recomputed below when the caller did not keep it
+  if (!probs.defined()) {
+    p_own = scratch(eng, dev, {B, H, T, T}, dt);
+    probs = p_own;
+  }
   attention_check(dout, probs, q, k, v, key_mask, p);
   ENGINE_CHECK(dq.dtype == q.dtype && dq.numel() == q.numel(), "attention: dq ", dq.str(), " must match q ", q.str());
   ENGINE_CHECK(dk.dtype == k.dtype && dk.numel() == k.numel(), "attention: dk ", dk.str(), " must match k ", k.str());
   ENGINE_CHECK(dv.dtype == v.dtype && dv.numel() == v.numel(), "attention: dv ", dv.str(), " must match v ", v.str());
-  const engine::Device dev = engine::common_device({dq, dk, dv, dout, q, k, v, probs, key_mask});
-  const int64_t B = p.batch, T = p.seq, H = p.heads, KV = p.kv_heads, hd = p.head_dim, g = H / KV;
-  const DType dt = q.dtype;
   const AttentionLayoutParams lq{B, T, H, hd}, lkv{B, T, KV, hd};
   engine::Tensor qh = scratch(eng, dev, {B, H, T, hd}, dt), kh = scratch(eng, dev, {B, KV, T, hd}, dt),
                  vh = scratch(eng, dev, {B, KV, T, hd}, dt), doh = scratch(eng, dev, {B, H, T, hd}, dt);
@@ -93,6 +98,7 @@ void attention_backward(TensorView dq, TensorView dk, TensorView dv, TensorView 
   const int64_t s_q = g * T * hd, s_kv = T * hd, s_tt = g * T * T;  // per-group strides
   engine::Tensor s = scratch(eng, dev, {B, H, T, T}, dt), ds = scratch(eng, dev, {B, H, T, T}, dt);
   matmul(s, qh, kh, group_gemm(p, g * T, T, hd, false, true, s_q, s_kv, s_tt), eng);      // S  = Q_g K^T
+  if (p_own.defined()) attention_softmax_forward(probs, s, key_mask, softmax_params(p), eng);  // P, as the forward
   matmul(ds, doh, vh, group_gemm(p, g * T, T, hd, false, true, s_q, s_kv, s_tt), eng);    // dP = dO_g V^T
   attention_softmax_backward(ds, probs, ds, s, key_mask, softmax_params(p), eng);         // dS, in place
   engine::Tensor dvh = scratch(eng, dev, {B, KV, T, hd}, dt), dkh = scratch(eng, dev, {B, KV, T, hd}, dt);

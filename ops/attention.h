@@ -3,13 +3,16 @@
 // both backends (each piece dispatches on where the tensors live).
 //   q: (B*T, H*hd)   k, v: (B*T, KV*hd)   out, dout, dq: (B*T, H*hd)   dk, dv: (B*T, KV*hd)   token-major,
 //      q and k already RoPE'd; out is ready for o_proj. One act dtype: f32/f16/bf16 (f64 on CPU).
-//   probs: (B, H, T, T) act dtype, written by the forward and saved for the backward.
+//   probs: (B, H, T, T) act dtype, written by the forward and saved for the backward. The backward also
+//      takes an undefined probs: it then recomputes P = attention_softmax(S) from the S it recomputes anyway
+//      (the same GEMM and row kernel as the forward, so the same bits), one (B,H,T,T) scratch more for one
+//      row pass; callers that do so free the forward's probs and keep no T*T tensor between the passes.
 //   key_mask: (B, T) int32, 1 = keep, 0 = padding key; undefined view = no padding.
 // Forward, per (b, kv) group of g = H/KV query heads (query head h uses kv head h / g, HF's repeat_kv):
 //   S = Q_g K^T      one strided-batched GEMM over B*KV groups, Q_g: (g*T, hd) head-major; rounded to act
 //   P = attention_softmax(S): scale, softcap, causal/sliding/padding mask, f32 softmax, rounded to act
 //   O = P V          (g*T, T) @ (T, hd); rounded to act, then permuted back to token-major
-// Backward (S is recomputed with one GEMM instead of saving a second T*T tensor):
+// Backward (S is recomputed with one GEMM instead of saving a second T*T tensor; P too when not given):
 //   dP = dO V^T;  dS = attention_softmax_backward(P, dP, S);  dQ = dS K;  dK = dS^T Q_g;  dV = P^T dO_g
 //   dK and dV sum over the g query heads of their kv head inside the GEMM (k = g*T).
 // Gradient semantics: dq, dk, dv are SET (=): every element is written; callers add them to other
@@ -17,7 +20,7 @@
 // Deviation: a query row with no allowed key (left padding) gives zero output and zero gradients instead of
 // NaN; see ops/attention_softmax.h.
 // Scratch comes from the Engine's allocator (host allocator for CPU tensors); the forward computes S in place
-// in probs. Backward scratch: two (B,H,T,T) and six head-major q/k/v-sized buffers.
+// in probs. Backward scratch: two (B,H,T,T) (three without probs) and six head-major q/k/v-sized buffers.
 // Tests: tests/ops/attention_cpu_test.cpp, attention_gpu_test.cpp   Bench: bench/ops/attention_bench.cpp
 #pragma once
 #include "ops/common.h"

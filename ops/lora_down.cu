@@ -2,9 +2,10 @@
 // Both kernels move x (and dx) as 8-element vectors (16 bytes of bf16/f16) and draw each vector's 8 mask
 // bits from one Philox counter (two when offset % 8 != 0: SH = offset % 8 is a template parameter; since
 // in % 8 == 0 every vector starts at the same index modulo 8). The rank is padded to RP = 4 or 16.
-//   Forward: a block owns 256 columns (a lane per vector, A's 8 columns x RP in registers) and a slab of rows
-//   shared row by row by its 8 warps; each row's partial dot products are shuffle-summed into the workspace,
-//   and a second kernel sums the column chunks in chunk order and rounds t.
+//   Forward: whole rows per warp group, so t needs no second pass: a block holds 8 / WR rows, WR warps per
+//   row (WR from the shape only: lora_down_fwd_warps_per_row); a lane walks its vectors of the row with four
+//   loads in flight, keeps RP partial dot products, then shuffles and the row's warps (in warp order) sum
+//   them and round t. A is read through L1 (it is every row's).
 //   Backward: a block owns 256 columns (a lane per vector, A's 8 columns x RP in registers) and a slab of
 //   rows that its 8 warps share row by row: dx from dt[m, :] . A[:, k] and the dA partial from
 //   dt[m, :] * xd[m, k] in registers. The warps' partials are summed in warp order into the slab's
@@ -35,56 +36,54 @@ __device__ __forceinline__ unsigned masked8(const Vec<T, kV>& xv, const LoraDown
   return keep;
 }
 
-// Block (x, y): columns [256 x, 256 x + 256) (a lane per 8-column vector, A's matching columns in registers),
-// rows [y * slab_rows, ...) shared row by row by the 8 warps. Each row's partial dot products over the
-// block's columns are shuffle-summed and written to ws[x][m][j]; lora_down_fwd_reduce_kernel sums the column
-// chunks in chunk order. A is read once per block, x once.
+// Block: rows [rb * blockIdx.x, ...), rb = 8 / wr, each row summed by wr warps (part = warp % wr), a lane
+// per vector v = 32 part + lane + 32 wr q. Up to kU vectors of x are loaded before any math.
 template <typename T, int RP, int SH, bool kDrop>
-__global__ void __launch_bounds__(kThreads) lora_down_fwd_kernel(float* __restrict__ ws, const T* __restrict__ x,
-                                                                  const T* __restrict__ a, LoraDownParams p,
-                                                                  int64_t slab_rows, float scale) {
+__global__ void __launch_bounds__(kThreads, RP <= 4 ? 4 : 2) lora_down_fwd_kernel(T* __restrict__ t, const T* __restrict__ x,
+                                                                  const T* __restrict__ a, LoraDownParams p, int wr,
+                                                                  float scale) {
+  constexpr int kU = RP <= 4 ? 2 : 4;  // within 64 registers (4 blocks per SM) at RP = 4
+  __shared__ float red[kWarps][RP];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int64_t nv = p.in / kV, v = int64_t(blockIdx.x) * 32 + lane;
-  const bool active = v < nv;
-  float av[RP][kV];
+  const int rb = kWarps / wr, part = warp % wr;
+  const int64_t m = int64_t(blockIdx.x) * rb + warp / wr, nv = p.in / kV, step = int64_t(wr) * 32;
+  float s[RP];
 #pragma unroll
-  for (int j = 0; j < RP; ++j) {
-    Vec<T, kV> w;
-    if (active && j < p.r) w = reinterpret_cast<const Vec<T, kV>*>(a + int64_t(j) * p.in)[v];
+  for (int j = 0; j < RP; ++j) s[j] = 0.f;
+  if (m < p.n) {
+    const Vec<T, kV>* xr = reinterpret_cast<const Vec<T, kV>*>(x + m * p.in);
+    const uint64_t base = p.offset + uint64_t(m * p.in);
+    for (int64_t v0 = int64_t(part) * 32 + lane; v0 < nv; v0 += kU * step) {
+      Vec<T, kV> xv[kU];
 #pragma unroll
-    for (int k = 0; k < kV; ++k) av[j][k] = active && j < p.r ? to_f32(w.v[k]) : 0.f;
-  }
-  const int64_t m_begin = int64_t(blockIdx.y) * slab_rows;
-  const int64_t m_end = m_begin + slab_rows < p.n ? m_begin + slab_rows : p.n;
-#pragma unroll 2
-  for (int64_t m = m_begin + warp; m < m_end; m += kWarps) {
-    float xd[kV] = {};
-    if (active)
-      masked8<T, SH, kDrop>(reinterpret_cast<const Vec<T, kV>*>(x + m * p.in)[v], p,
-                            p.offset + uint64_t(m * p.in + v * kV), scale, xd);
-    float s[RP];
+      for (int u = 0; u < kU; ++u)
+        if (v0 + u * step < nv) xv[u] = xr[v0 + u * step];
 #pragma unroll
-    for (int j = 0; j < RP; ++j) {
-      s[j] = 0.f;
+      for (int u = 0; u < kU; ++u) {
+        const int64_t v = v0 + u * step;
+        if (v >= nv) break;
+        float xd[kV];
+        masked8<T, SH, kDrop>(xv[u], p, base + uint64_t(v * kV), scale, xd);
 #pragma unroll
-      for (int k = 0; k < kV; ++k) s[j] = fmaf(xd[k], av[j][k], s[j]);
-      s[j] = warp_sum(s[j]);
+        for (int j = 0; j < RP; ++j) {
+          if (j >= p.r) break;
+          const Vec<T, kV> w = reinterpret_cast<const Vec<T, kV>*>(a + int64_t(j) * p.in)[v];
+#pragma unroll
+          for (int k = 0; k < kV; ++k) s[j] = fmaf(xd[k], to_f32(w.v[k]), s[j]);
+        }
+      }
     }
-    float* out = ws + (int64_t(blockIdx.x) * p.n + m) * p.r;
-#pragma unroll
-    for (int j = 0; j < RP; ++j)
-      if (lane == j && j < p.r) out[j] = s[j];
   }
-}
-
-// t[i] = round(sum over column chunks of ws[chunk][i]), in chunk order (i = m * r + j).
-template <typename T>
-__global__ void lora_down_fwd_reduce_kernel(T* __restrict__ t, const float* __restrict__ ws, int64_t elems,
-                                            int64_t chunks) {
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < elems; i += int64_t(gridDim.x) * blockDim.x) {
-    float s = ws[i];
-    for (int64_t q = 1; q < chunks; ++q) s += ws[q * elems + i];
-    t[i] = from_f32<T>(s);
+#pragma unroll
+  for (int j = 0; j < RP; ++j) s[j] = warp_sum(s[j]);
+  if (lane == 0)
+#pragma unroll
+    for (int j = 0; j < RP; ++j) red[warp][j] = s[j];
+  __syncthreads();
+  if (m < p.n && part == 0 && lane < p.r) {
+    float acc = red[warp][lane];
+    for (int q = 1; q < wr; ++q) acc += red[warp + q][lane];
+    t[m * p.r + lane] = from_f32<T>(acc);
   }
 }
 
@@ -201,29 +200,22 @@ void dispatch_mask(const LoraDownParams& p, F f) {
 
 namespace cuda {
 
-void lora_down_forward(TensorView t, TensorView x, TensorView a, TensorView workspace, const LoraDownParams& p,
-                       cudaStream_t stream) {
+void lora_down_forward(TensorView t, TensorView x, TensorView a, const LoraDownParams& p, cudaStream_t stream) {
   lora_down_forward_check(t, x, a, p);
   check_cuda(x, a, TensorView{}, p, "lora_down_forward");
-  check_workspace(workspace, p, "lora_down_forward");
   if (p.n == 0) return;
   const float scale = 1.0f / (1.0f - p.p);
-  const int64_t slabs = lora_down_slabs(p.n), slab_rows = (p.n + slabs - 1) / slabs, chunks = lora_down_chunks(p.in);
-  const dim3 grid(static_cast<unsigned>(chunks), static_cast<unsigned>(slabs));
-  float* ws = workspace.ptr<float>();
+  const int wr = int(lora_down_fwd_warps_per_row(p.n, p.in));
+  const unsigned grid = unsigned((p.n + kWarps / wr - 1) / (kWarps / wr));
   OPS_DISPATCH_FLOAT(x.dtype, T, dispatch_mask(p, [&](auto sh, auto drop) {
     constexpr int SH = decltype(sh)::value;
     constexpr bool kDrop = decltype(drop)::value;
     if (p.r <= 4)
-      lora_down_fwd_kernel<T, 4, SH, kDrop><<<grid, kThreads, 0, stream>>>(ws, x.ptr<const T>(), a.ptr<const T>(), p,
-                                                                         slab_rows, scale);
+      lora_down_fwd_kernel<T, 4, SH, kDrop><<<grid, kThreads, 0, stream>>>(t.ptr<T>(), x.ptr<const T>(),
+                                                                         a.ptr<const T>(), p, wr, scale);
     else
-      lora_down_fwd_kernel<T, 16, SH, kDrop><<<grid, kThreads, 0, stream>>>(ws, x.ptr<const T>(), a.ptr<const T>(),
-                                                                          p, slab_rows, scale);
-    CUDA_CHECK_LAST();
-    const int64_t elems = p.n * p.r;
-    lora_down_fwd_reduce_kernel<T><<<unsigned(std::min<int64_t>((elems + 255) / 256, 1024)), 256, 0, stream>>>(
-        t.ptr<T>(), ws, elems, chunks);
+      lora_down_fwd_kernel<T, 16, SH, kDrop><<<grid, kThreads, 0, stream>>>(t.ptr<T>(), x.ptr<const T>(),
+                                                                          a.ptr<const T>(), p, wr, scale);
   }));
   CUDA_CHECK_LAST();
 }

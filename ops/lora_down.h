@@ -16,10 +16,10 @@
 //   dtypes: x, a, t, dt, dx alike: f32/f16/bf16 (f64 on CPU); dA f32 (f32 or f64 on CPU).
 //   CUDA: x, a, dx 8-element aligned (16 bytes of a 16-bit dtype, 32 of f32): tensors from the engine are.
 //   round_dt = rounding to x's dtype; each sum (f32 on CUDA, f64 on CPU) is rounded once, where shown.
-//   Determinism: no float atomics. On CUDA both passes take `workspace` (lora_down_workspace_elems f32, from
-//   the caller): the forward sums t over lora_down_chunks(in) column chunks of 256 in chunk order, the
-//   backward sums dA over lora_down_slabs(n) row slabs in slab order. Bitwise reproducible run to run; the
-//   split depends on the shape only.
+//   Determinism: no float atomics. The CUDA forward sums each row of t within one block (a lane's vectors in
+//   order, then shuffles, then lora_down_fwd_warps_per_row(n, in) warps in warp order). The CUDA backward
+//   takes `workspace` (lora_down_workspace_elems f32, from the caller) and sums dA over lora_down_slabs(n)
+//   row slabs in slab order. Bitwise reproducible run to run; the split depends on the shape only.
 // Tests: tests/ops/lora_down_cpu_test.cpp, lora_down_gpu_test.cpp   Bench: bench/ops/lora_down_bench.cpp
 #pragma once
 #include "ops/common.h"
@@ -44,10 +44,11 @@ inline DropoutParams lora_down_dropout(const LoraDownParams& p) {
   return DropoutParams{p.n * p.in, p.p, p.seed, p.stream, p.offset};
 }
 
-// The CUDA work split: row slabs (~32 rows each, at most 64), 256-column chunks, and the f32 workspace:
-// max(chunks * n * r (forward partials), slabs * r * in (backward dA partials)).
+// The CUDA work split. Forward: warps per row (1, 2, 4 or 8 of a block's 8), more when there are few rows,
+// so that ~256 blocks run. Backward: row slabs (~32 rows each, at most 64) x 256-column chunks, and the f32
+// workspace of the slabs' dA partials, slabs * r * in.
+int64_t lora_down_fwd_warps_per_row(int64_t n, int64_t in);
 int64_t lora_down_slabs(int64_t n);
-inline int64_t lora_down_chunks(int64_t in) { return (in + 255) / 256; }
 int64_t lora_down_workspace_elems(int64_t n, int64_t in, int64_t r);
 
 void lora_down_forward_check(TensorView t, TensorView x, TensorView a, const LoraDownParams& p);
@@ -61,18 +62,16 @@ void lora_down_backward(TensorView da, TensorView dx, Accum dx_mode, TensorView 
 }  // namespace cpu
 
 namespace cuda {
-void lora_down_forward(TensorView t, TensorView x, TensorView a, TensorView workspace, const LoraDownParams& p,
-                       cudaStream_t stream);
+void lora_down_forward(TensorView t, TensorView x, TensorView a, const LoraDownParams& p, cudaStream_t stream);
 void lora_down_backward(TensorView da, TensorView dx, Accum dx_mode, TensorView dt, TensorView x, TensorView a,
                         TensorView workspace, const LoraDownParams& p, cudaStream_t stream);
 }  // namespace cuda
 
-// `workspace`: lora_down_workspace_elems f32 on CUDA; ignored (may be undefined) on CPU.
-inline void lora_down_forward(TensorView t, TensorView x, TensorView a, TensorView workspace,
-                              const LoraDownParams& p, Engine& eng) {
-  if (on_cuda({t, x, a})) cuda::lora_down_forward(t, x, a, workspace, p, eng.stream());
+inline void lora_down_forward(TensorView t, TensorView x, TensorView a, const LoraDownParams& p, Engine& eng) {
+  if (on_cuda({t, x, a})) cuda::lora_down_forward(t, x, a, p, eng.stream());
   else cpu::lora_down_forward(t, x, a, p);
 }
+// `workspace`: lora_down_workspace_elems f32 on CUDA; ignored (may be undefined) on CPU.
 inline void lora_down_backward(TensorView da, TensorView dx, Accum dx_mode, TensorView dt, TensorView x,
                                TensorView a, TensorView workspace, const LoraDownParams& p, Engine& eng) {
   if (on_cuda({da, dx, dt, x, a})) cuda::lora_down_backward(da, dx, dx_mode, dt, x, a, workspace, p, eng.stream());

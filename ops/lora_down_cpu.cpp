@@ -13,9 +13,15 @@ namespace ops {
 
 int64_t lora_down_slabs(int64_t n) { return std::min<int64_t>(64, std::max<int64_t>(1, (n + 31) / 32)); }
 
-int64_t lora_down_workspace_elems(int64_t n, int64_t in, int64_t r) {
-  return std::max(lora_down_chunks(in) * n * r, lora_down_slabs(n) * r * in);
+int64_t lora_down_fwd_warps_per_row(int64_t n, int64_t in) {
+  // Double while there are fewer than 256 blocks of 8 / wr rows and the doubled warps still give every lane
+  // of a row at least one 8-element vector.
+  int64_t wr = 1;
+  while (wr < 8 && (n * wr + 7) / 8 < 256 && in / 8 >= wr * 64) wr *= 2;
+  return wr;
 }
+
+int64_t lora_down_workspace_elems(int64_t n, int64_t in, int64_t r) { return lora_down_slabs(n) * r * in; }
 
 namespace {
 void check_common(TensorView x, TensorView a, const LoraDownParams& p, const char* what) {

@@ -1,7 +1,8 @@
 // tools/bench_train.cpp: end-to-end QLoRA training benchmark on a random Gemma-2 (models/train_bench.h).
 //   bench_train [--preset gemma2-2b|tiny] [--hidden D --intermediate F --layers L --heads H --kv-heads KV
 //               --head-dim HD --vocab V] --batch B --seq T --grad-accum GA --dtype bf16|f16 [--rank 4]
-//               [--steps 10 --warmup 3] [--gradient-checkpointing] [--no-quantize] [--cpu] [--nproc N]
+//               [--steps 10 --warmup 3] [--gradient-checkpointing [--checkpoint-layers N]]
+//               [--recompute-attention-probs] [--no-quantize] [--cpu] [--nproc N]
 // Data parallel as train_gemma: --nproc N on this host, or the RANK/WORLD_SIZE/... env contract; rank 0
 // prints (tokens/s global and per GPU).
 // Prints one line per step, a one-line summary and one JSON line (bench/run_compare.sh collects the JSON).
@@ -60,6 +61,10 @@ int main(int argc, char** argv) {
   app.add_option("--warmup", cfg.warmup, "untimed optimizer steps before them")->capture_default_str();
   app.add_option("--seed", cfg.seed, "seed of the weights, adapters, dropout and tokens")->capture_default_str();
   app.add_flag("--gradient-checkpointing", cfg.gradient_checkpointing, "recompute each layer in backward");
+  app.add_option("--checkpoint-layers", cfg.checkpoint_layers,
+                 "with --gradient-checkpointing: recompute only the first N layers (-1: all)")->capture_default_str();
+  app.add_flag("--recompute-attention-probs", cfg.recompute_attention_probs,
+               "keep no (B,H,T,T) attention probabilities for backward; recompute them there");
   app.add_flag("--no-quantize", no_quant, "dense base weights in the compute dtype (LoRA without NF4)");
   app.add_flag("--cpu", force_cpu, "use the CPU backend even when a CUDA device is present");
   app.add_option("--json-out", json_out, "also append the JSON line to this file");

@@ -9,19 +9,6 @@ namespace {
 
 using namespace bench;  // Engine, Tensor, DType, timers
 
-// Times `op` (one launch on the engine's stream) with a cold L2.
-template <typename Op>
-void time_loop(benchmark::State& state, Engine& eng, Op op) {
-  bench::L2Flush flush(eng);
-  bench::CudaEventTimer timer;
-  for (auto _ : state) {
-    flush(eng.stream());
-    timer.start(eng.stream());
-    op();
-    state.SetIterationTime(timer.stop_seconds(eng.stream()));
-  }
-}
-
 void BM_Add(benchmark::State& state) {
   if (!bench::require_cuda(state)) return;
   Engine eng;

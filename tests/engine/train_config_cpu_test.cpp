@@ -112,6 +112,8 @@ TEST(TrainConfig, DefaultsAreTheNotebooksAndTransformers) {
   EXPECT_EQ(t.seed, 42);
   EXPECT_EQ(t.report_to, "tensorboard");
   EXPECT_FALSE(t.gradient_checkpointing);
+  EXPECT_FALSE(t.checkpoint_layers.has_value());
+  EXPECT_FALSE(t.recompute_attention_probs);
   EXPECT_EQ(t.resume_from_checkpoint, "");
   // derived
   EXPECT_EQ(c.compute_dtype(), DType::kBF16);
@@ -174,6 +176,8 @@ training:
   seed: 1234
   report_to: none
   gradient_checkpointing: true
+  checkpoint_layers: 10
+  recompute_attention_probs: true
   resume_from_checkpoint: latest
 )");
   EXPECT_EQ(c.data.prompt_format,
@@ -196,6 +200,8 @@ training:
   EXPECT_EQ(c.training.save_total_limit, 3);
   EXPECT_EQ(c.training.report_to, "none");
   EXPECT_EQ(c.training.resume_from_checkpoint, "latest");
+  EXPECT_EQ(c.training.checkpoint_layers, 10);
+  EXPECT_TRUE(c.training.recompute_attention_probs);
   EXPECT_EQ(c.compute_dtype(), DType::kF16);
   EXPECT_EQ(c.lora_targets(), (std::vector<std::string>{"q_proj", "v_proj"}));
   EXPECT_DOUBLE_EQ(c.lora_scaling(), 32.0 / 4.0);  // rslora: alpha / sqrt(16)
@@ -374,6 +380,10 @@ TEST(TrainConfigErrors, ImpossibleValues) {
   bad("training.save_total_limit=0", "training.save_total_limit", ">= 1");
   bad("training.seed=-1", "training.seed", ">= 0");
   bad("training.ddp_timeout=0", "training.ddp_timeout", "must be > 0");
+  bad("training.checkpoint_layers=4", "training.checkpoint_layers", "gradient_checkpointing is false");
+  EXPECT_NO_THROW(parse(kRequired, {"training.gradient_checkpointing=true", "training.checkpoint_layers=4"}));
+  EXPECT_THROW(parse(kRequired, {"training.gradient_checkpointing=true", "training.checkpoint_layers=-1"}),
+               engine::Error);
   bad("quantization.load_in_4bit=false", "quantization.load_in_4bit", "must be true");
   bad("lora.target_modules=[all-linear, q_proj]", "lora.target_modules", "cannot be combined");
   bad("lora.target_modules=[q_proj, q_proj]", "lora.target_modules", "listed twice");
@@ -529,7 +539,7 @@ TEST(TrainConfig, PrintTableShowsEveryKeyAligned) {
     EXPECT_NE(line[value_col], ' ') << line;
     EXPECT_EQ(line[value_col - 1], ' ') << line;
   }
-  EXPECT_EQ(n, 46);  // one line per key (training.ddp_timeout: 46th)
+  EXPECT_EQ(n, 48);  // one line per key (training.ddp_timeout: 48th)
   EXPECT_NE(t.find("training.learning_rate"), std::string::npos);
   EXPECT_NE(t.find("1.0e-04\n"), std::string::npos) << t;   // changed: no "(default)"
   EXPECT_NE(t.find("cosine  (default)"), std::string::npos) << t;
@@ -552,7 +562,7 @@ TEST(TrainConfig, HelpListsEveryKey) {
     ++keys;
     EXPECT_NE(help.find("  " + section + "." + name + " "), std::string::npos) << section << "." << name;
   }
-  EXPECT_EQ(keys, 46);
+  EXPECT_EQ(keys, 48);
   EXPECT_NE(help.find("paged_adamw_32bit, adamw_torch, adamw"), std::string::npos);
   EXPECT_NE(help.find("required"), std::string::npos);
 }

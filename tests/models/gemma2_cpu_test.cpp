@@ -74,30 +74,48 @@ TEST_F(Gemma2Cpu, FullModelGradientsMatchFiniteDifferences) {
 }
 
 TEST_F(Gemma2Cpu, CheckpointingGivesIdenticalGradients) {
+  // Every memory mode computes the same values: none, all layers recomputed, the first of two only, and
+  // attention probabilities recomputed in backward (alone and with partial checkpointing).
   Gemma2Config c = tiny_config(8, 12, 2, 4, 2, 4, 13);
   write_random_checkpoint(dir_, c, DType::kF32, RandomInit{5, 0.3, 0.2});
   Engine eng({engine::Backend::kCPU});
-  std::vector<std::vector<double>> grads[2];
-  double losses[2];
-  for (int ck = 0; ck < 2; ++ck) {
+  struct Mode { bool ckpt; int64_t layers; bool recompute_probs; };
+  const Mode modes[] = {{false, -1, false}, {true, -1, false}, {true, 1, false}, {false, -1, true}, {true, 1, true}};
+  std::vector<std::vector<double>> grads[5];
+  double losses[5];
+  for (int mi = 0; mi < 5; ++mi) {
     Gemma2Options o;
     o.compute_dtype = DType::kF32;
     o.train_base = true;
-    o.gradient_checkpointing = ck == 1;
+    o.gradient_checkpointing = modes[mi].ckpt;
+    o.checkpoint_layers = modes[mi].layers;
+    o.recompute_attention_probs = modes[mi].recompute_probs;
     Gemma2Model m = Gemma2Model::load(dir_, eng, o);
     const Batch b = batch(eng, c.vocab_size);
     Tensor loss = eng.empty({1}, DType::kF32);
     eng.zero(loss);
     m.forward_backward(b, 0.25f, loss, TensorView{});
-    losses[ck] = loss.ptr<float>()[0];
+    losses[mi] = loss.ptr<float>()[0];
     for (Param* p : m.parameters()) {
       std::vector<double> g(size_t(p->grad.numel()));
       for (size_t i = 0; i < g.size(); ++i) g[i] = p->grad.ptr<float>()[i];
-      grads[ck].push_back(g);
+      grads[mi].push_back(g);
     }
   }
-  EXPECT_EQ(losses[0], losses[1]);
-  for (size_t i = 0; i < grads[0].size(); ++i) EXPECT_EQ(grads[0][i], grads[1][i]) << "param " << i;
+  for (int mi = 1; mi < 5; ++mi) {
+    EXPECT_EQ(losses[0], losses[mi]) << "mode " << mi;
+    for (size_t i = 0; i < grads[0].size(); ++i) EXPECT_EQ(grads[0][i], grads[mi][i]) << "mode " << mi << " param " << i;
+  }
+  Gemma2Options bad;
+  bad.gradient_checkpointing = true;
+  bad.checkpoint_layers = 3;  // the model has 2
+  try {
+    Gemma2Model::load(dir_, eng, bad);
+    ADD_FAILURE() << "checkpoint_layers = 3 of 2 layers accepted";
+  } catch (const engine::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("checkpoint_layers must be -1 (all) or in [0, 2]"), std::string::npos)
+        << e.what();
+  }
 }
 
 TEST_F(Gemma2Cpu, CheckpointingReplaysLoraDropout) {

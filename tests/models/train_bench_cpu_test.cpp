@@ -91,6 +91,16 @@ TEST(TrainBenchCpu, CheckpointingAndDenseVariantsRun) {
   EXPECT_EQ(ckpt.losses, plain.losses);
   EXPECT_GT(ckpt.flops.hardware_per_token, ckpt.flops.model_per_token);
   EXPECT_EQ(plain.flops.hardware_per_token, plain.flops.model_per_token);
+  // Half the layers recomputed, probabilities recomputed: the same loss again, half the extra hardware count.
+  c.checkpoint_layers = 1;
+  c.recompute_attention_probs = true;
+  const TrainBenchResult half = run_train_bench(c, eng);
+  EXPECT_EQ(half.losses, plain.losses);
+  EXPECT_EQ(recomputed_layers(c), 1);
+  EXPECT_NEAR(half.flops.hardware_per_token - half.flops.model_per_token,
+              0.5 * (ckpt.flops.hardware_per_token - ckpt.flops.model_per_token), 1e-6 * half.flops.model_per_token);
+  c.checkpoint_layers = -1;
+  c.recompute_attention_probs = false;
   c.gradient_checkpointing = false;
   c.quantize_nf4 = false;
   const TrainBenchResult dense = run_train_bench(c, eng);
@@ -114,13 +124,13 @@ TEST(TrainBenchCpu, FlopsMatchTheAnchorsForGemma2_2b) {
   // LoRA 0.125, total 10.91 GFLOP/token; full recompute 15.11.
   const Gemma2Config c = bench_preset("gemma2-2b");
   const int64_t n_lora = 26 * 16 * 49920;
-  const TrainFlops f = train_flops_per_token(c, 512, n_lora, false);
+  const TrainFlops f = train_flops_per_token(c, 512, n_lora, 0.0);
   EXPECT_EQ(f.n_lin, 2024275968);
   EXPECT_EQ(f.n_embed, 589824000);
   EXPECT_NEAR(4.0 * double(f.n_lin + f.n_embed) * 1e-9, 10.457, 0.001);
   EXPECT_NEAR(f.model_per_token * 1e-9, 10.91, 0.01);
   EXPECT_EQ(f.hardware_per_token, f.model_per_token);
-  const TrainFlops g = train_flops_per_token(c, 512, n_lora, true);
+  const TrainFlops g = train_flops_per_token(c, 512, n_lora, 1.0);
   EXPECT_NEAR(g.hardware_per_token * 1e-9, 15.11, 0.01);
   EXPECT_EQ(g.model_per_token, f.model_per_token);
 }
@@ -148,6 +158,8 @@ TEST(TrainBenchCpu, RejectsBadConfigurations) {
   expect_error([](TrainBenchConfig& c) { c.lora.dropout = 1.0; }, "--dropout");
   expect_error([](TrainBenchConfig& c) { c.lora_fuse_max_rank = -1; }, "--lora-fuse-max-rank");
   expect_error([](TrainBenchConfig& c) { c.lora_fuse_max_rank = 17; }, "--lora-fuse-max-rank");
+  expect_error([](TrainBenchConfig& c) { c.checkpoint_layers = 3; }, "--checkpoint-layers");  // tiny: 2 layers
+  expect_error([](TrainBenchConfig& c) { c.checkpoint_layers = -2; }, "--checkpoint-layers");
   expect_error([](TrainBenchConfig& c) { c.model.num_key_value_heads = 3; }, "--kv-heads");
   expect_error([](TrainBenchConfig& c) { c.model.head_dim = 15; }, "--head-dim");
   expect_error([](TrainBenchConfig& c) { c.model.hidden_size = 0; }, "--hidden");

@@ -63,6 +63,16 @@ TEST_P(AttentionFd, BackwardMatchesFiniteDifferences) {
   EXPECT_CLOSE(dv.values(), numeric_grad(loss, v), (Tol{1e-7, 1e-6}));
   EXPECT_GUARDS_INTACT(dq); EXPECT_GUARDS_INTACT(dk); EXPECT_GUARDS_INTACT(dv);
   EXPECT_GUARDS_INTACT(out); EXPECT_GUARDS_INTACT(probs);
+  // Without the saved probabilities the backward recomputes them: the same bits.
+  loss();  // numeric_grad left q, k, v as they were; probs of the unperturbed inputs again
+  TestTensor dq2(eng, Device::kCPU, {NT, p.heads * p.head_dim}, DType::kF64);
+  TestTensor dk2(eng, Device::kCPU, {NT, p.kv_heads * p.head_dim}, DType::kF64);
+  TestTensor dv2(eng, Device::kCPU, {NT, p.kv_heads * p.head_dim}, DType::kF64);
+  ops::attention_backward(dq, dk, dv, dout, q, k, v, probs, mask, p, eng);
+  ops::attention_backward(dq2, dk2, dv2, dout, q, k, v, TensorView{}, mask, p, eng);
+  EXPECT_CLOSE(dq2.values(), dq.values(), (Tol{0, 0}));
+  EXPECT_CLOSE(dk2.values(), dk.values(), (Tol{0, 0}));
+  EXPECT_CLOSE(dv2.values(), dv.values(), (Tol{0, 0}));
 }
 
 std::string fd_name(const ::testing::TestParamInfo<FdCase>& i) {

@@ -154,13 +154,16 @@ TEST(LoraDownCpu, WorkSplitDependsOnShapeOnly) {
   EXPECT_EQ(ops::lora_down_slabs(512), 16);   // 32-row slabs
   EXPECT_EQ(ops::lora_down_slabs(4096), 64);  // capped: 64-row slabs
   EXPECT_EQ(ops::lora_down_slabs(8192), 64);
-  EXPECT_EQ(ops::lora_down_chunks(9), 1);
-  EXPECT_EQ(ops::lora_down_chunks(2304), 9);
-  EXPECT_EQ(ops::lora_down_chunks(9216), 36);
-  EXPECT_EQ(ops::lora_down_workspace_elems(1, 9, 3), 27);                    // backward slabs
-  EXPECT_EQ(ops::lora_down_workspace_elems(512, 2304, 4), 16 * 4 * 2304);    // backward slabs
+  EXPECT_EQ(ops::lora_down_fwd_warps_per_row(4096, 2304), 1);  // 512 blocks of 8 rows
+  EXPECT_EQ(ops::lora_down_fwd_warps_per_row(512, 2304), 4);   // 256 blocks of 2 rows
+  EXPECT_EQ(ops::lora_down_fwd_warps_per_row(512, 9216), 4);
+  EXPECT_EQ(ops::lora_down_fwd_warps_per_row(1, 2304), 8);     // 288 vectors: >= 1 per lane of 8 warps
+  EXPECT_EQ(ops::lora_down_fwd_warps_per_row(1, 9216), 8);
+  EXPECT_EQ(ops::lora_down_fwd_warps_per_row(7, 16), 1);       // 2 vectors: one warp
+  EXPECT_EQ(ops::lora_down_fwd_warps_per_row(1024, 2304), 2);  // 256 blocks of 4 rows
+  EXPECT_EQ(ops::lora_down_workspace_elems(1, 9, 3), 27);      // backward slabs
+  EXPECT_EQ(ops::lora_down_workspace_elems(512, 2304, 4), 16 * 4 * 2304);
   EXPECT_EQ(ops::lora_down_workspace_elems(8192, 9216, 16), 64 * 16 * 9216);
-  EXPECT_EQ(ops::lora_down_workspace_elems(65536, 256, 4), 65536 * 4);       // forward chunks
 }
 
 TEST(LoraDownCpu, FusableShapes) {
