@@ -34,7 +34,7 @@ configs=(
   "bs1_ga1_seq8192_bf16|--batch 1 --grad-accum 1 --seq 8192 --dtype bf16"
   "bs1_ga1_seq8192_bf16_ckpt|--batch 1 --grad-accum 1 --seq 8192 --dtype bf16 --gradient-checkpointing"
   "bs1_ga1_seq4096_bf16_16gib|--batch 1 --grad-accum 1 --seq 4096 --dtype bf16|--recompute-attention-probs"
-  "bs1_ga1_seq8192_bf16_16gib|--batch 1 --grad-accum 1 --seq 8192 --dtype bf16 --gradient-checkpointing|--checkpoint-layers 12 --recompute-attention-probs"
+  "bs1_ga1_seq8192_bf16_16gib|--batch 1 --grad-accum 1 --seq 8192 --dtype bf16 --gradient-checkpointing|--checkpoint-layers 10 --recompute-attention-probs"
 )
 
 for c in "${configs[@]}"; do

@@ -1,7 +1,10 @@
 // ops/attention.cpp: the attention composite: layout permutes, strided-batched GEMMs over (b, kv) groups,
 // and the fused row op. Head-major, the g query heads of kv head `kv` are rows [kv*g*T, (kv+1)*g*T) of one
-// dense (B*H*T, hd) matrix, so every GEMM below is one call with uniform strides over B*KV groups.
+// dense (B*H*T, hd) matrix, so every GEMM below is one call with uniform strides over B*KV groups (in the
+// backward, over a chunk of them when its T x T scratch would be large).
 #include "ops/attention.h"
+
+#include <algorithm>
 
 #include "ops/attention_layout.h"
 #include "ops/attention_softmax.h"
@@ -35,20 +38,23 @@ MatmulParams group_gemm(const AttentionParams& p, int64_t m, int64_t n, int64_t 
 }  // namespace
 
 void attention_check(TensorView out, TensorView probs, TensorView q, TensorView k, TensorView v,
-                     TensorView key_mask, const AttentionParams& p) {
+                     TensorView key_mask, const AttentionParams& p, bool probs_optional) {
   check_float(q, "attention q");
   ENGINE_CHECK(p.batch > 0 && p.seq > 0 && p.heads > 0 && p.kv_heads > 0 && p.head_dim > 0 && p.window >= 0,
                "attention: bad params B=", p.batch, " T=", p.seq, " H=", p.heads, " KV=", p.kv_heads, " hd=",
                p.head_dim, " window=", p.window);
   ENGINE_CHECK(p.heads % p.kv_heads == 0, "attention: H=", p.heads, " is not a multiple of KV=", p.kv_heads);
   const int64_t nq = p.batch * p.seq * p.heads * p.head_dim, nkv = p.batch * p.seq * p.kv_heads * p.head_dim;
+  ENGINE_CHECK(p.backward_scratch_bytes > 0, "attention: backward_scratch_bytes must be > 0, got ",
+               p.backward_scratch_bytes);
+  ENGINE_CHECK(probs.defined() || probs_optional, "attention: probs must be defined");
   for (const TensorView& t : {out, k, v, probs})
-    ENGINE_CHECK(t.dtype == q.dtype, "attention: ", t.str(), " must have q's dtype ", q.str());
+    ENGINE_CHECK(!t.defined() || t.dtype == q.dtype, "attention: ", t.str(), " must have q's dtype ", q.str());
   ENGINE_CHECK(q.numel() == nq && out.numel() == nq, "attention: q ", q.str(), " / out ", out.str(),
                " must hold B*T=", p.batch * p.seq, " x H*hd=", p.heads * p.head_dim);
   ENGINE_CHECK(k.numel() == nkv && v.numel() == nkv, "attention: k ", k.str(), " / v ", v.str(),
                " must hold B*T=", p.batch * p.seq, " x KV*hd=", p.kv_heads * p.head_dim);
-  ENGINE_CHECK(probs.numel() == p.batch * p.heads * p.seq * p.seq, "attention: probs ", probs.str(),
+  ENGINE_CHECK(!probs.defined() || probs.numel() == p.batch * p.heads * p.seq * p.seq, "attention: probs ", probs.str(),
                " must hold B=", p.batch, " x H=", p.heads, " x T=", p.seq, " x T");
   ENGINE_CHECK(!key_mask.defined() || (key_mask.dtype == DType::kI32 && key_mask.numel() == p.batch * p.seq),
                "attention: key_mask ", key_mask.str(), " must be i32 with B=", p.batch, " x T=", p.seq);
@@ -74,17 +80,25 @@ void attention_forward(TensorView out, TensorView probs, TensorView q, TensorVie
   attention_to_token_major(out, qh, lq, eng);
 }
 
+int64_t attention_backward_chunk_groups(const AttentionParams& p, DType dt, bool probs_given) {
+  const int64_t g = p.heads / p.kv_heads, groups = p.batch * p.kv_heads;
+  const int64_t per_group = g * p.seq * p.seq * int64_t(engine::dtype_size(dt)) * (probs_given ? 2 : 3);
+  const int64_t fit = std::max<int64_t>(1, p.backward_scratch_bytes / std::max<int64_t>(1, per_group));
+  if (fit >= groups) return groups;
+  if (fit >= p.kv_heads) return fit / p.kv_heads * p.kv_heads;  // whole batch entries
+  int64_t c = fit;
+  while (p.kv_heads % c != 0) --c;  // kv groups of one entry
+  return c;
+}
+
 void attention_backward(TensorView dq, TensorView dk, TensorView dv, TensorView dout, TensorView q, TensorView k,
                         TensorView v, TensorView probs, TensorView key_mask, const AttentionParams& p, Engine& eng) {
   const engine::Device dev = engine::common_device({dq, dk, dv, dout, q, k, v, probs, key_mask});
   const int64_t B = p.batch, T = p.seq, H = p.heads, KV = p.kv_heads, hd = p.head_dim, g = H / KV;
   const DType dt = q.dtype;
-  engine::Tensor p_own;  // P recomputed below when the caller did not keep it
-  if (!probs.defined()) {
-    p_own = scratch(eng, dev, {B, H, T, T}, dt);
-    probs = p_own;
-  }
-  attention_check(dout, probs, q, k, v, key_mask, p);
+  const bool have_probs = probs.defined();
+  engine::Tensor probs_buf;  // P recomputed below, chunk by chunk, when the caller did not keep it
+  attention_check(dout, have_probs ? probs : TensorView{}, q, k, v, key_mask, p, /*probs_optional=*/true);
   ENGINE_CHECK(dq.dtype == q.dtype && dq.numel() == q.numel(), "attention: dq ", dq.str(), " must match q ", q.str());
   ENGINE_CHECK(dk.dtype == k.dtype && dk.numel() == k.numel(), "attention: dk ", dk.str(), " must match k ", k.str());
   ENGINE_CHECK(dv.dtype == v.dtype && dv.numel() == v.numel(), "attention: dv ", dv.str(), " must match v ", v.str());
@@ -95,16 +109,47 @@ void attention_backward(TensorView dq, TensorView dk, TensorView dv, TensorView 
   attention_to_head_major(kh, k, lkv, eng);
   attention_to_head_major(vh, v, lkv, eng);
   attention_to_head_major(doh, dout, lq, eng);
-  const int64_t s_q = g * T * hd, s_kv = T * hd, s_tt = g * T * T;  // per-group strides
-  engine::Tensor s = scratch(eng, dev, {B, H, T, T}, dt), ds = scratch(eng, dev, {B, H, T, T}, dt);
-  matmul(s, qh, kh, group_gemm(p, g * T, T, hd, false, true, s_q, s_kv, s_tt), eng);      // S  = Q_g K^T
-  if (p_own.defined()) attention_softmax_forward(probs, s, key_mask, softmax_params(p), eng);  // P, as the forward
-  matmul(ds, doh, vh, group_gemm(p, g * T, T, hd, false, true, s_q, s_kv, s_tt), eng);    // dP = dO_g V^T
-  attention_softmax_backward(ds, probs, ds, s, key_mask, softmax_params(p), eng);         // dS, in place
   engine::Tensor dvh = scratch(eng, dev, {B, KV, T, hd}, dt), dkh = scratch(eng, dev, {B, KV, T, hd}, dt);
-  matmul(dvh, probs, doh, group_gemm(p, T, hd, g * T, true, false, s_tt, s_q, s_kv), eng);  // dV = P^T dO_g
-  matmul(dkh, ds, qh, group_gemm(p, T, hd, g * T, true, false, s_tt, s_q, s_kv), eng);      // dK = dS^T Q_g
-  matmul(doh, ds, kh, group_gemm(p, g * T, hd, T, false, false, s_tt, s_kv, s_q), eng);     // dQ = dS K (into doh)
+  const int64_t s_q = g * T * hd, s_kv = T * hd, s_tt = g * T * T;  // per-group strides
+  const int64_t groups = B * KV, chunk = attention_backward_chunk_groups(p, dt, have_probs);
+  engine::Tensor s = scratch(eng, dev, {chunk, s_tt}, dt), ds = scratch(eng, dev, {chunk, s_tt}, dt);
+  if (!have_probs) probs_buf = scratch(eng, dev, {chunk, s_tt}, dt);
+  // Per-group views: group G = b * KV + kv owns rows G of these.
+  const TensorView qg = TensorView(qh).reshape({groups, s_q}), kg = TensorView(kh).reshape({groups, s_kv}),
+                   vg = TensorView(vh).reshape({groups, s_kv}), dog = TensorView(doh).reshape({groups, s_q}),
+                   dvg = TensorView(dvh).reshape({groups, s_kv}), dkg = TensorView(dkh).reshape({groups, s_kv});
+  for (int64_t g0 = 0; g0 < groups; g0 += chunk) {
+    const int64_t n = std::min(chunk, groups - g0), g1 = g0 + n;
+    // The row op's view of the chunk: whole batch entries, or n kv groups (n * g heads) of entry b.
+    AttentionSoftmaxParams sp = softmax_params(p);
+    TensorView mask = key_mask;
+    const int64_t b0 = g0 / KV;
+    if (n % KV == 0) {
+      sp.batch = n / KV;
+      if (mask.defined()) mask = key_mask.slice_rows(b0, b0 + n / KV);
+    } else {
+      sp.batch = 1;
+      sp.heads = n * g;
+      if (mask.defined()) mask = key_mask.slice_rows(b0, b0 + 1);
+    }
+    AttentionParams pc = p;
+    pc.batch = n;  // group_gemm batches over pc.batch * KV groups: use KV = 1 below
+    pc.kv_heads = 1;
+    const TensorView sc = TensorView(s).slice_rows(0, n), dsc = TensorView(ds).slice_rows(0, n);
+    const TensorView pcv = have_probs ? probs.reshape({groups, s_tt}).slice_rows(g0, g1)
+                                      : TensorView(probs_buf).slice_rows(0, n);
+    const TensorView qc = qg.slice_rows(g0, g1), kc = kg.slice_rows(g0, g1), vc = vg.slice_rows(g0, g1),
+                     doc = dog.slice_rows(g0, g1), dvc = dvg.slice_rows(g0, g1), dkc = dkg.slice_rows(g0, g1);
+    const TensorView sc4 = sc.reshape({sp.batch, sp.heads, T, T}), dsc4 = dsc.reshape({sp.batch, sp.heads, T, T}),
+                     pc4 = pcv.reshape({sp.batch, sp.heads, T, T});
+    matmul(sc, qc, kc, group_gemm(pc, g * T, T, hd, false, true, s_q, s_kv, s_tt), eng);     // S  = Q_g K^T
+    if (!have_probs) attention_softmax_forward(pc4, sc4, mask, sp, eng);                     // P, as the forward
+    matmul(dsc, doc, vc, group_gemm(pc, g * T, T, hd, false, true, s_q, s_kv, s_tt), eng);   // dP = dO_g V^T
+    attention_softmax_backward(dsc4, pc4, dsc4, sc4, mask, sp, eng);                         // dS, in place
+    matmul(dvc, pcv, doc, group_gemm(pc, T, hd, g * T, true, false, s_tt, s_q, s_kv), eng);  // dV = P^T dO_g
+    matmul(dkc, dsc, qc, group_gemm(pc, T, hd, g * T, true, false, s_tt, s_q, s_kv), eng);   // dK = dS^T Q_g
+    matmul(doc, dsc, kc, group_gemm(pc, g * T, hd, T, false, false, s_tt, s_kv, s_q), eng);  // dQ = dS K (into dO)
+  }
   attention_to_token_major(dq, doh, lq, eng);
   attention_to_token_major(dk, dkh, lkv, eng);
   attention_to_token_major(dv, dvh, lkv, eng);

@@ -20,7 +20,8 @@
 // Deviation: a query row with no allowed key (left padding) gives zero output and zero gradients instead of
 // NaN; see ops/attention_softmax.h.
 // Scratch comes from the Engine's allocator (host allocator for CPU tensors); the forward computes S in place
-// in probs. Backward scratch: two (B,H,T,T) (three without probs) and six head-major q/k/v-sized buffers.
+// in probs. Backward scratch: two (B,H,T,T) (three without probs), in chunks of groups at long sequences,
+// and six head-major q/k/v-sized buffers.
 // Tests: tests/ops/attention_cpu_test.cpp, attention_gpu_test.cpp   Bench: bench/ops/attention_bench.cpp
 #pragma once
 #include "ops/common.h"
@@ -36,10 +37,19 @@ struct AttentionParams {
   float scale = 0.0625f;  // query_pre_attn_scalar^-0.5 (not 1/sqrt(hd) in general)
   float softcap = 50.f;   // attn_logit_softcapping; <= 0 disables
   int64_t window = 0;     // sliding window (4096 on even layers); 0 = plain causal
+  // Backward: its (T, T) scratch per (b, kv) group (S and dS, and P when not given: g*T*T elements each)
+  // stays within this many bytes by running the groups in chunks (whole batch entries, or kv groups of one
+  // entry; at least one group per chunk). The default keeps one chunk up to T ~ 2900 at Gemma-2's 8 heads.
+  int64_t backward_scratch_bytes = int64_t(512) << 20;
 };
 
+// The (b, kv) groups per backward chunk (see AttentionParams::backward_scratch_bytes): B*KV (one chunk), a
+// multiple of KV (whole batch entries), or a divisor of KV.
+int64_t attention_backward_chunk_groups(const AttentionParams& p, DType dt, bool probs_given);
+
+// probs_optional: an undefined probs passes (the backward's recompute).
 void attention_check(TensorView out, TensorView probs, TensorView q, TensorView k, TensorView v,
-                     TensorView key_mask, const AttentionParams& p);
+                     TensorView key_mask, const AttentionParams& p, bool probs_optional = false);
 
 void attention_forward(TensorView out, TensorView probs, TensorView q, TensorView k, TensorView v,
                        TensorView key_mask, const AttentionParams& p, Engine& eng);

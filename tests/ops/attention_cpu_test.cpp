@@ -73,6 +73,37 @@ TEST_P(AttentionFd, BackwardMatchesFiniteDifferences) {
   EXPECT_CLOSE(dq2.values(), dq.values(), (Tol{0, 0}));
   EXPECT_CLOSE(dk2.values(), dk.values(), (Tol{0, 0}));
   EXPECT_CLOSE(dv2.values(), dv.values(), (Tol{0, 0}));
+  // A small scratch budget runs the backward in chunks: one kv group (1 byte), then one batch entry per
+  // chunk (exactly KV groups' worth of S and dS) - the same bits, with and without saved probabilities.
+  const int64_t entry_bytes = p.heads * p.seq * p.seq * 8 * 2;  // KV groups of g heads, S and dS, f64
+  for (int64_t budget : {int64_t(1), entry_bytes}) {
+    ops::AttentionParams pc = p;
+    pc.backward_scratch_bytes = budget;
+    EXPECT_EQ(ops::attention_backward_chunk_groups(pc, DType::kF64, true), budget == 1 ? 1 : p.kv_heads);
+    for (bool keep : {true, false}) {
+      SCOPED_TRACE("budget " + std::to_string(budget) + (keep ? " probs kept" : " probs recomputed"));
+      ops::attention_backward(dq2, dk2, dv2, dout, q, k, v, keep ? TensorView(probs) : TensorView{}, mask, pc, eng);
+      EXPECT_CLOSE(dq2.values(), dq.values(), (Tol{0, 0}));
+      EXPECT_CLOSE(dk2.values(), dk.values(), (Tol{0, 0}));
+      EXPECT_CLOSE(dv2.values(), dv.values(), (Tol{0, 0}));
+    }
+  }
+}
+
+TEST(AttentionCpu, BackwardChunksFollowTheScratchBudget) {
+  ops::AttentionParams p;  // Gemma-2-2B: 8 heads, 4 kv heads, bf16; default budget 512 MiB
+  p.batch = 1; p.heads = 8; p.kv_heads = 4; p.head_dim = 256;
+  p.seq = 2048;
+  EXPECT_EQ(ops::attention_backward_chunk_groups(p, DType::kBF16, false), 4);  // 3 x 16 MiB per group: one chunk
+  p.seq = 4096;
+  EXPECT_EQ(ops::attention_backward_chunk_groups(p, DType::kBF16, true), 4);   // 2 x 64 MiB per group
+  EXPECT_EQ(ops::attention_backward_chunk_groups(p, DType::kBF16, false), 2);  // 3 x 64 MiB: two groups
+  p.seq = 8192;
+  EXPECT_EQ(ops::attention_backward_chunk_groups(p, DType::kBF16, false), 1);
+  p.batch = 4; p.seq = 1024;
+  EXPECT_EQ(ops::attention_backward_chunk_groups(p, DType::kBF16, false), 16);  // all 16 groups
+  p.seq = 2048;
+  EXPECT_EQ(ops::attention_backward_chunk_groups(p, DType::kBF16, false), 8);  // 48 MiB each: two whole entries
 }
 
 std::string fd_name(const ::testing::TestParamInfo<FdCase>& i) {
