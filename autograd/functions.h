@@ -60,8 +60,8 @@ Var scale(Tape& tape, const Var& x, float alpha);
 // RoPE on x viewed as (N, heads, head_dim); positions (N) i32 constant.
 Var rope(Tape& tape, const Var& x, const Var& positions, int64_t heads, int64_t head_dim, float theta);
 // Eager attention; q (N, H*hd), k/v (N, KV*hd); key_mask (B, T) i32 constant or undefined. keep_probs =
-// false: the (B, H, T, T) probabilities are freed after the forward and recomputed in backward (the same
-// bits, one more row pass: ops/attention.h).
+// false: the (B, H, T, T) probabilities are freed after the forward and recomputed in backward (one more
+// row pass; the same bits where the backward runs in one chunk: ops/attention.h).
 Var attention(Tape& tape, const Var& q, const Var& k, const Var& v, const Var& key_mask,
               const ops::AttentionParams& p, bool keep_probs = true);
 // gelu_tanh(gate) * up.

@@ -302,7 +302,7 @@ def table(path):
         preset, B, T, GA, dt, q, ck, mode = key
         if mode:  # an engine-only memory mode: against the Python stack's checkpointed run of the same shape
             h = rows.get((preset, B, T, GA, dt, q, True, ""), {}).get("hf")
-        name = f"{preset} bs{B} GA{GA} seq{T} {dt} {q}{' ckpt' if ck and not mode else ''}{' ' + mode if mode else ''}"
+        name = f"{preset} bs{B} GA{GA} seq{T} {dt} {q}{' ckpt' if ck and 'ckpt ' not in mode else ''}{', ' + mode if mode else ''}"
         ok = lambda j: j is not None and "error" not in j
         speed = f"{e['tokens_per_s'] / h['tokens_per_s']:.2f}x" if ok(e) and ok(h) else "—"
         split_e = ("/".join(f"{e[k]:.0f}" for k in ("forward_ms", "head_ms", "backward_ms", "optimizer_ms"))

@@ -78,6 +78,8 @@ void TrainBenchConfig::validate() const {
   ENGINE_CHECK(warmup >= 0, "--warmup must be >= 0, got ", warmup);
   ENGINE_CHECK(checkpoint_layers >= -1 && checkpoint_layers <= model.num_hidden_layers,
                "--checkpoint-layers must be -1 (all) or in [0, ", model.num_hidden_layers, "], got ", checkpoint_layers);
+  ENGINE_CHECK(checkpoint_layers == -1 || gradient_checkpointing,
+               "--checkpoint-layers ", checkpoint_layers, " needs --gradient-checkpointing");
   ENGINE_CHECK(lora.r >= 1, "--rank must be >= 1, got ", lora.r);
   ENGINE_CHECK(lora.alpha > 0, "--alpha must be > 0, got ", lora.alpha);
   ENGINE_CHECK(lora.dropout >= 0 && lora.dropout < 1, "--dropout must be in [0, 1), got ", lora.dropout);

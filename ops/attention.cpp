@@ -122,15 +122,15 @@ void attention_backward(TensorView dq, TensorView dk, TensorView dv, TensorView 
     const int64_t n = std::min(chunk, groups - g0), g1 = g0 + n;
     // The row op's view of the chunk: whole batch entries, or n kv groups (n * g heads) of entry b.
     AttentionSoftmaxParams sp = softmax_params(p);
-    TensorView mask = key_mask;
+    TensorView mask = key_mask.defined() ? key_mask.reshape({B, T}) : key_mask;
     const int64_t b0 = g0 / KV;
     if (n % KV == 0) {
       sp.batch = n / KV;
-      if (mask.defined()) mask = key_mask.slice_rows(b0, b0 + n / KV);
+      if (mask.defined()) mask = mask.slice_rows(b0, b0 + n / KV);
     } else {
       sp.batch = 1;
       sp.heads = n * g;
-      if (mask.defined()) mask = key_mask.slice_rows(b0, b0 + 1);
+      if (mask.defined()) mask = mask.slice_rows(b0, b0 + 1);
     }
     AttentionParams pc = p;
     pc.batch = n;  // group_gemm batches over pc.batch * KV groups: use KV = 1 below

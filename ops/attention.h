@@ -5,8 +5,9 @@
 //      q and k already RoPE'd; out is ready for o_proj. One act dtype: f32/f16/bf16 (f64 on CPU).
 //   probs: (B, H, T, T) act dtype, written by the forward and saved for the backward. The backward also
 //      takes an undefined probs: it then recomputes P = attention_softmax(S) from the S it recomputes anyway
-//      (the same GEMM and row kernel as the forward, so the same bits), one (B,H,T,T) scratch more for one
-//      row pass; callers that do so free the forward's probs and keep no T*T tensor between the passes.
+//      (the same GEMM and row kernel as the forward: the same bits while the backward runs in one chunk; in
+//      chunks, cuBLASLt may choose another kernel for the smaller batch, rounding S differently), one more
+//      T*T scratch for one row pass; callers that do so keep no T*T tensor between the passes.
 //   key_mask: (B, T) int32, 1 = keep, 0 = padding key; undefined view = no padding.
 // Forward, per (b, kv) group of g = H/KV query heads (query head h uses kv head h / g, HF's repeat_kv):
 //   S = Q_g K^T      one strided-batched GEMM over B*KV groups, Q_g: (g*T, hd) head-major; rounded to act
@@ -38,8 +39,9 @@ struct AttentionParams {
   float softcap = 50.f;   // attn_logit_softcapping; <= 0 disables
   int64_t window = 0;     // sliding window (4096 on even layers); 0 = plain causal
   // Backward: its (T, T) scratch per (b, kv) group (S and dS, and P when not given: g*T*T elements each)
-  // stays within this many bytes by running the groups in chunks (whole batch entries, or kv groups of one
-  // entry; at least one group per chunk). The default keeps one chunk up to T ~ 2900 at Gemma-2's 8 heads.
+  // is kept within this many bytes by running the groups in chunks (whole batch entries, or kv groups of
+  // one entry), but a chunk holds at least one group (768 MiB at T = 8192, bf16, P recomputed). The default
+  // is one chunk up to T = 4096 (P given) or ~3300 (P recomputed) at Gemma-2-2B's heads, bf16, batch 1.
   int64_t backward_scratch_bytes = int64_t(512) << 20;
 };
 

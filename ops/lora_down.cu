@@ -3,8 +3,8 @@
 // bits from one Philox counter (two when offset % 8 != 0: SH = offset % 8 is a template parameter; since
 // in % 8 == 0 every vector starts at the same index modulo 8). The rank is padded to RP = 4 or 16.
 //   Forward: whole rows per warp group, so t needs no second pass: a block holds 8 / WR rows, WR warps per
-//   row (WR from the shape only: lora_down_fwd_warps_per_row); a lane walks its vectors of the row with four
-//   loads in flight, keeps RP partial dot products, then shuffles and the row's warps (in warp order) sum
+//   row (WR from the shape only: lora_down_fwd_warps_per_row); a lane walks its vectors of the row with kU
+//   loads in flight (2 at RP = 4, within 64 registers; 4 at RP = 16), keeps RP partial dot products, then shuffles and the row's warps (in warp order) sum
 //   them and round t. A is read through L1 (it is every row's).
 //   Backward: a block owns 256 columns (a lane per vector, A's 8 columns x RP in registers) and a slab of
 //   rows that its 8 warps share row by row: dx from dt[m, :] . A[:, k] and the dA partial from

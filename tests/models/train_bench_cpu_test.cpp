@@ -119,6 +119,31 @@ TEST(TrainBenchCpu, CheckpointingAndDenseVariantsRun) {
   for (size_t i = 0; i < 3; ++i) EXPECT_NEAR(gemm.losses[i], fused.losses[i], 1e-6 * fused.losses[i]) << i;
 }
 
+TEST(TrainBenchCpu, MemoryModesLowerThePeak) {
+  // Each memory setting must actually keep less (the loss tests above cannot see an ignored option): the
+  // allocator's peak over one step, each run on its own engine. seq 256: a layer's activations (~2 MB, and
+  // 2 MB of probabilities) outweigh the weights, optimizer state and the head's chunk.
+  auto peak = [](bool ckpt, int64_t layers, bool probs) {
+    Engine eng({engine::Backend::kCPU});
+    TrainBenchConfig c = tiny(DType::kF32);
+    c.seq = 256;
+    c.steps = 1;
+    c.warmup = 0;
+    c.gradient_checkpointing = ckpt;
+    c.checkpoint_layers = layers;
+    c.recompute_attention_probs = probs;
+    return run_train_bench(c, eng).peak_alloc_bytes;
+  };
+  const size_t plain = peak(false, -1, false), all = peak(true, -1, false), one = peak(true, 1, false),
+               probs = peak(false, -1, true);
+  EXPECT_LT(all, plain);
+  EXPECT_LT(one, plain);
+  EXPECT_LT(probs, plain);
+  // At this size the peak of both checkpointed runs is one layer's backward with its recompute scratch, so
+  // "one layer" is not below "all"; it differs, though (an ignored checkpoint_layers would give equality).
+  EXPECT_NE(one, all);
+}
+
 TEST(TrainBenchCpu, FlopsMatchTheAnchorsForGemma2_2b) {
   // ANCHORS.md §5 at T = 512, r = 16: N_lin 2.0243B, E 0.5898B, 4(N_lin + E) 10.457, attention 0.327,
   // LoRA 0.125, total 10.91 GFLOP/token; full recompute 15.11.
@@ -158,7 +183,9 @@ TEST(TrainBenchCpu, RejectsBadConfigurations) {
   expect_error([](TrainBenchConfig& c) { c.lora.dropout = 1.0; }, "--dropout");
   expect_error([](TrainBenchConfig& c) { c.lora_fuse_max_rank = -1; }, "--lora-fuse-max-rank");
   expect_error([](TrainBenchConfig& c) { c.lora_fuse_max_rank = 17; }, "--lora-fuse-max-rank");
-  expect_error([](TrainBenchConfig& c) { c.checkpoint_layers = 3; }, "--checkpoint-layers");  // tiny: 2 layers
+  expect_error([](TrainBenchConfig& c) { c.gradient_checkpointing = true; c.checkpoint_layers = 3; },
+               "--checkpoint-layers");  // tiny: 2 layers
+  expect_error([](TrainBenchConfig& c) { c.checkpoint_layers = 1; }, "--gradient-checkpointing");
   expect_error([](TrainBenchConfig& c) { c.checkpoint_layers = -2; }, "--checkpoint-layers");
   expect_error([](TrainBenchConfig& c) { c.model.num_key_value_heads = 3; }, "--kv-heads");
   expect_error([](TrainBenchConfig& c) { c.model.head_dim = 15; }, "--head-dim");

@@ -73,8 +73,9 @@ TEST_P(AttentionFd, BackwardMatchesFiniteDifferences) {
   EXPECT_CLOSE(dq2.values(), dq.values(), (Tol{0, 0}));
   EXPECT_CLOSE(dk2.values(), dk.values(), (Tol{0, 0}));
   EXPECT_CLOSE(dv2.values(), dv.values(), (Tol{0, 0}));
-  // A small scratch budget runs the backward in chunks: one kv group (1 byte), then one batch entry per
-  // chunk (exactly KV groups' worth of S and dS) - the same bits, with and without saved probabilities.
+  // A small scratch budget runs the backward in chunks: one kv group (1 byte), then KV groups' worth of S and
+  // dS (one batch entry per chunk with saved probabilities; kv groups of one entry when P is recomputed too)
+  // - the same bits every way.
   const int64_t entry_bytes = p.heads * p.seq * p.seq * 8 * 2;  // KV groups of g heads, S and dS, f64
   for (int64_t budget : {int64_t(1), entry_bytes}) {
     ops::AttentionParams pc = p;
