@@ -192,7 +192,7 @@ TEST_P(AttentionGpu, ForwardAndBackwardMatchCpu) {
       ops::attention_backward(dq, dk, dv, dout, q, k, v, keep ? TensorView(probs) : TensorView{}, m, pc, eng);
       const TestTensor* g3[3] = {&dq, &dk, &dv};
       for (int i = 0; i < 3; ++i)
-        EXPECT_CLOSE(g3[i]->values(), res[d][2 + i], d == 0 ? Tol{0, 0} : grad_tol(c.dt, res[d][2 + i]));
+        EXPECT_CLOSE(g3[i]->values(), res[d][2 + i], (d == 0 ? Tol{0, 0} : grad_tol(c.dt, res[d][2 + i])));
     }
   }
   const char* names[5] = {"out", "probs", "dq", "dk", "dv"};
