@@ -190,6 +190,11 @@ TrainResult Trainer::run() {
   mo.gradient_checkpointing = tc.gradient_checkpointing;
   mo.checkpoint_layers = tc.checkpoint_layers.value_or(-1);
   mo.recompute_attention_probs = tc.recompute_attention_probs;
+  if (tc.checkpoint_layers) {  // named here; the model would only say "checkpoint_layers"
+    const int64_t L = Gemma2Config::from_json_file(c.model.path + "/config.json").num_hidden_layers;
+    ENGINE_CHECK(*tc.checkpoint_layers <= L, "training.checkpoint_layers: ", *tc.checkpoint_layers,
+                 " exceeds the ", L, " layers of ", c.model.path, "/config.json");
+  }
   const auto t_load = std::chrono::steady_clock::now();
   Gemma2Model model = Gemma2Model::load(c.model.path, eng_, mo);
   ENGINE_CHECK(tok.vocab_size() <= model.config().vocab_size, c.model.path, "/tokenizer.model has ",
@@ -209,6 +214,12 @@ TrainResult Trainer::run() {
   LoraAdapters lora(model.config(), ls, eng_);
   model.attach_lora(&lora, uint64_t(tc.seed));
   say(lora.trainable_summary(model.num_base_params()));
+  if (mo.gradient_checkpointing || mo.recompute_attention_probs) {
+    const int64_t L = model.config().num_hidden_layers, n = mo.checkpoint_layers < 0 ? L : mo.checkpoint_layers;
+    say(engine::str_cat("memory: ", mo.gradient_checkpointing ? engine::str_cat(n, " of ", L, " layers recomputed") : "",
+                        mo.gradient_checkpointing && mo.recompute_attention_probs ? ", " : "",
+                        mo.recompute_attention_probs ? "attention probabilities recomputed in backward" : ""));
+  }
 
   // ---- schedule ---------------------------------------------------------------------------------------
   const engine::Sampler sampler(data.lengths(), tc.per_device_train_batch_size, tc.gradient_accumulation_steps,

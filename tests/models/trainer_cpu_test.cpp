@@ -93,6 +93,32 @@ TEST_F(TrainerCpu, BadInputsAreNamedErrors) {
   EXPECT_THROW(models::Trainer(config(dir_ + "/bad", {"training.resume_from_checkpoint=latest",
                                                      "data.skip_bad_lines=true"}), eng).run(),
                engine::Error);  // no checkpoint to resume from
+  try {  // the tiny model has 2 layers
+    models::Trainer(config(dir_ + "/bad", {"data.skip_bad_lines=true", "training.gradient_checkpointing=true",
+                                           "training.checkpoint_layers=3"}), eng).run();
+    ADD_FAILURE() << "checkpoint_layers = 3 of 2 layers accepted";
+  } catch (const engine::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("training.checkpoint_layers: 3 exceeds the 2 layers of"), std::string::npos)
+        << e.what();
+  }
+}
+
+TEST_F(TrainerCpu, MemoryModesTrainTheSameAndSayWhatTheyDo) {
+  // Partial checkpointing + recomputed probabilities: the same losses as the plain run (dropout masks are
+  // replayed exactly), and one line on the console naming the setting.
+  engine::Engine eng({engine::Backend::kCPU});
+  engine::TrainConfig plain = config(dir_ + "/plain", {"training.max_steps=2", "training.save_strategy=no"});
+  engine::TrainConfig mem = config(dir_ + "/mem", {"training.max_steps=2", "training.save_strategy=no",
+                                                   "training.gradient_checkpointing=true",
+                                                   "training.checkpoint_layers=1",
+                                                   "training.recompute_attention_probs=true"});
+  const models::TrainResult a = models::Trainer(plain, eng).run();
+  ::testing::internal::CaptureStdout();
+  const models::TrainResult b = models::Trainer(mem, eng).run();
+  const std::string out = ::testing::internal::GetCapturedStdout();
+  EXPECT_EQ(a.step_losses, b.step_losses);
+  EXPECT_NE(out.find("\nmemory: 1 of 2 layers recomputed, attention probabilities recomputed in backward\n"),
+            std::string::npos) << out;
 }
 
 }  // namespace
