@@ -328,7 +328,7 @@ Var Gemma2Model::forward(Tape& tape, const Batch& b, bool train) {
   Var h = autograd::embedding(tape, ids, var(tape, embed_), std::sqrt(float(cfg_.hidden_size)),
                               opts_.compute_dtype);
   const int64_t L = cfg_.num_hidden_layers;
-  const int64_t recomputed = !opts_.gradient_checkpointing ? 0 : opts_.checkpoint_layers < 0 ? L : opts_.checkpoint_layers;
+  const int64_t recomputed = recomputed_layers(opts_, L);
   for (int64_t i = 0; i < L; ++i) {
     if (i < recomputed && tape.recording()) {
       h = autograd::checkpoint(tape, h, [this, i, &b](Tape& t, const Var& x) { return layer_forward(t, x, i, b); });

@@ -62,6 +62,11 @@ struct Gemma2Options {
   std::function<void(const std::string&)> log;
 };
 
+// The layers Gemma2Model::forward recomputes in backward under `o` (0 without gradient checkpointing).
+inline int64_t recomputed_layers(const Gemma2Options& o, int64_t num_layers) {
+  return !o.gradient_checkpointing ? 0 : o.checkpoint_layers < 0 ? num_layers : o.checkpoint_layers;
+}
+
 struct Param {
   std::string name;  // the HF tensor name
   Tensor value;

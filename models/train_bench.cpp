@@ -96,9 +96,21 @@ void TrainBenchConfig::validate() const {
                " sliding flags for ", m.num_hidden_layers, " layers");
 }
 
+namespace {
+Gemma2Options model_options(const TrainBenchConfig& cfg) {
+  Gemma2Options mo;
+  mo.compute_dtype = cfg.dtype;
+  mo.quantize_nf4 = cfg.quantize_nf4;
+  mo.gradient_checkpointing = cfg.gradient_checkpointing;
+  mo.checkpoint_layers = cfg.checkpoint_layers;
+  mo.recompute_attention_probs = cfg.recompute_attention_probs;
+  mo.lora_fuse_max_rank = cfg.lora_fuse_max_rank;
+  return mo;
+}
+}  // namespace
+
 int64_t recomputed_layers(const TrainBenchConfig& cfg) {
-  if (!cfg.gradient_checkpointing) return 0;
-  return cfg.checkpoint_layers < 0 ? cfg.model.num_hidden_layers : cfg.checkpoint_layers;
+  return recomputed_layers(model_options(cfg), cfg.model.num_hidden_layers);
 }
 
 TrainFlops train_flops_per_token(const Gemma2Config& c, int64_t seq, int64_t n_lora, double recomputed_fraction) {
@@ -123,13 +135,7 @@ TrainBenchResult run_train_bench(const TrainBenchConfig& cfg, engine::Engine& en
   r.device = eng.is_cuda() ? eng.props().name : "cpu";
   const auto t_build = std::chrono::steady_clock::now();
 
-  Gemma2Options mo;
-  mo.compute_dtype = cfg.dtype;
-  mo.quantize_nf4 = cfg.quantize_nf4;
-  mo.gradient_checkpointing = cfg.gradient_checkpointing;
-  mo.checkpoint_layers = cfg.checkpoint_layers;
-  mo.recompute_attention_probs = cfg.recompute_attention_probs;
-  mo.lora_fuse_max_rank = cfg.lora_fuse_max_rank;
+  const Gemma2Options mo = model_options(cfg);
   RandomInit init;
   init.seed = cfg.seed;
   Gemma2Model model = Gemma2Model::random(cfg.model, eng, mo, init);

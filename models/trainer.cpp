@@ -215,7 +215,7 @@ TrainResult Trainer::run() {
   model.attach_lora(&lora, uint64_t(tc.seed));
   say(lora.trainable_summary(model.num_base_params()));
   if (mo.gradient_checkpointing || mo.recompute_attention_probs) {
-    const int64_t L = model.config().num_hidden_layers, n = mo.checkpoint_layers < 0 ? L : mo.checkpoint_layers;
+    const int64_t L = model.config().num_hidden_layers, n = recomputed_layers(mo, L);
     say(engine::str_cat("memory: ", mo.gradient_checkpointing ? engine::str_cat(n, " of ", L, " layers recomputed") : "",
                         mo.gradient_checkpointing && mo.recompute_attention_probs ? ", " : "",
                         mo.recompute_attention_probs ? "attention probabilities recomputed in backward" : ""));

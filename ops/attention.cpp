@@ -24,13 +24,13 @@ AttentionSoftmaxParams softmax_params(const AttentionParams& p) {
   return sp;
 }
 
-// C (g*T, n) per group = op(A) @ op(B), batch B*KV; strides in elements.
-MatmulParams group_gemm(const AttentionParams& p, int64_t m, int64_t n, int64_t k, bool ta, bool tb,
-                        int64_t sa, int64_t sb, int64_t sc) {
+// C (g*T, n) per group = op(A) @ op(B), batched over `groups` (b, kv) groups; strides in elements.
+MatmulParams group_gemm(int64_t groups, int64_t m, int64_t n, int64_t k, bool ta, bool tb, int64_t sa, int64_t sb,
+                        int64_t sc) {
   MatmulParams mp;
   mp.m = m; mp.n = n; mp.k = k;
   mp.trans_a = ta; mp.trans_b = tb;
-  mp.batch = p.batch * p.kv_heads;
+  mp.batch = groups;
   mp.stride_a = sa; mp.stride_b = sb; mp.stride_c = sc;
   return mp;
 }
@@ -73,10 +73,10 @@ void attention_forward(TensorView out, TensorView probs, TensorView q, TensorVie
   attention_to_head_major(kh, k, lkv, eng);
   attention_to_head_major(vh, v, lkv, eng);
   // S = Q_g K^T into probs, then the row op in place.
-  matmul(probs, qh, kh, group_gemm(p, g * T, T, hd, false, true, g * T * hd, T * hd, g * T * T), eng);
+  matmul(probs, qh, kh, group_gemm(B * KV, g * T, T, hd, false, true, g * T * hd, T * hd, g * T * T), eng);
   attention_softmax_forward(probs, probs, key_mask, softmax_params(p), eng);
   // O = P V, head-major in qh's place (q is no longer needed), then token-major.
-  matmul(qh, probs, vh, group_gemm(p, g * T, hd, T, false, false, g * T * T, T * hd, g * T * hd), eng);
+  matmul(qh, probs, vh, group_gemm(B * KV, g * T, hd, T, false, false, g * T * T, T * hd, g * T * hd), eng);
   attention_to_token_major(out, qh, lq, eng);
 }
 
@@ -98,7 +98,7 @@ void attention_backward(TensorView dq, TensorView dk, TensorView dv, TensorView 
   const DType dt = q.dtype;
   const bool have_probs = probs.defined();
   engine::Tensor probs_buf;  // P recomputed below, chunk by chunk, when the caller did not keep it
-  attention_check(dout, have_probs ? probs : TensorView{}, q, k, v, key_mask, p, /*probs_optional=*/true);
+  attention_check(dout, probs, q, k, v, key_mask, p, /*probs_optional=*/true);
   ENGINE_CHECK(dq.dtype == q.dtype && dq.numel() == q.numel(), "attention: dq ", dq.str(), " must match q ", q.str());
   ENGINE_CHECK(dk.dtype == k.dtype && dk.numel() == k.numel(), "attention: dk ", dk.str(), " must match k ", k.str());
   ENGINE_CHECK(dv.dtype == v.dtype && dv.numel() == v.numel(), "attention: dv ", dv.str(), " must match v ", v.str());
@@ -132,9 +132,6 @@ void attention_backward(TensorView dq, TensorView dk, TensorView dv, TensorView 
       sp.heads = n * g;
       if (mask.defined()) mask = mask.slice_rows(b0, b0 + 1);
     }
-    AttentionParams pc = p;
-    pc.batch = n;  // group_gemm batches over pc.batch * KV groups: use KV = 1 below
-    pc.kv_heads = 1;
     const TensorView sc = TensorView(s).slice_rows(0, n), dsc = TensorView(ds).slice_rows(0, n);
     const TensorView pcv = have_probs ? probs.reshape({groups, s_tt}).slice_rows(g0, g1)
                                       : TensorView(probs_buf).slice_rows(0, n);
@@ -142,13 +139,13 @@ void attention_backward(TensorView dq, TensorView dk, TensorView dv, TensorView 
                      doc = dog.slice_rows(g0, g1), dvc = dvg.slice_rows(g0, g1), dkc = dkg.slice_rows(g0, g1);
     const TensorView sc4 = sc.reshape({sp.batch, sp.heads, T, T}), dsc4 = dsc.reshape({sp.batch, sp.heads, T, T}),
                      pc4 = pcv.reshape({sp.batch, sp.heads, T, T});
-    matmul(sc, qc, kc, group_gemm(pc, g * T, T, hd, false, true, s_q, s_kv, s_tt), eng);     // S  = Q_g K^T
+    matmul(sc, qc, kc, group_gemm(n, g * T, T, hd, false, true, s_q, s_kv, s_tt), eng);     // S  = Q_g K^T
     if (!have_probs) attention_softmax_forward(pc4, sc4, mask, sp, eng);                     // P, as the forward
-    matmul(dsc, doc, vc, group_gemm(pc, g * T, T, hd, false, true, s_q, s_kv, s_tt), eng);   // dP = dO_g V^T
+    matmul(dsc, doc, vc, group_gemm(n, g * T, T, hd, false, true, s_q, s_kv, s_tt), eng);   // dP = dO_g V^T
     attention_softmax_backward(dsc4, pc4, dsc4, sc4, mask, sp, eng);                         // dS, in place
-    matmul(dvc, pcv, doc, group_gemm(pc, T, hd, g * T, true, false, s_tt, s_q, s_kv), eng);  // dV = P^T dO_g
-    matmul(dkc, dsc, qc, group_gemm(pc, T, hd, g * T, true, false, s_tt, s_q, s_kv), eng);   // dK = dS^T Q_g
-    matmul(doc, dsc, kc, group_gemm(pc, g * T, hd, T, false, false, s_tt, s_kv, s_q), eng);  // dQ = dS K (into dO)
+    matmul(dvc, pcv, doc, group_gemm(n, T, hd, g * T, true, false, s_tt, s_q, s_kv), eng);  // dV = P^T dO_g
+    matmul(dkc, dsc, qc, group_gemm(n, T, hd, g * T, true, false, s_tt, s_q, s_kv), eng);   // dK = dS^T Q_g
+    matmul(doc, dsc, kc, group_gemm(n, g * T, hd, T, false, false, s_tt, s_kv, s_q), eng);  // dQ = dS K (into dO)
   }
   attention_to_token_major(dq, doh, lq, eng);
   attention_to_token_major(dk, dkh, lkv, eng);

@@ -4,8 +4,9 @@
 // in % 8 == 0 every vector starts at the same index modulo 8). The rank is padded to RP = 4 or 16.
 //   Forward: whole rows per warp group, so t needs no second pass: a block holds 8 / WR rows, WR warps per
 //   row (WR from the shape only: lora_down_fwd_warps_per_row); a lane walks its vectors of the row with kU
-//   loads in flight (2 at RP = 4, within 64 registers; 4 at RP = 16), keeps RP partial dot products, then shuffles and the row's warps (in warp order) sum
-//   them and round t. A is read through L1 (it is every row's).
+//   loads in flight (2 at RP = 4, within 64 registers; 4 at RP = 16) and keeps RP partial dot products,
+//   then shuffles, and the row's warps (in warp order) sum them and round t. A is read through L1 (every
+//   row reads all of it).
 //   Backward: a block owns 256 columns (a lane per vector, A's 8 columns x RP in registers) and a slab of
 //   rows that its 8 warps share row by row: dx from dt[m, :] . A[:, k] and the dA partial from
 //   dt[m, :] * xd[m, k] in registers. The warps' partials are summed in warp order into the slab's
@@ -39,9 +40,9 @@ __device__ __forceinline__ unsigned masked8(const Vec<T, kV>& xv, const LoraDown
 // Block: rows [rb * blockIdx.x, ...), rb = 8 / wr, each row summed by wr warps (part = warp % wr), a lane
 // per vector v = 32 part + lane + 32 wr q. Up to kU vectors of x are loaded before any math.
 template <typename T, int RP, int SH, bool kDrop>
-__global__ void __launch_bounds__(kThreads, RP <= 4 ? 4 : 2) lora_down_fwd_kernel(T* __restrict__ t, const T* __restrict__ x,
-                                                                  const T* __restrict__ a, LoraDownParams p, int wr,
-                                                                  float scale) {
+__global__ void __launch_bounds__(kThreads, RP <= 4 ? 4 : 2)
+    lora_down_fwd_kernel(T* __restrict__ t, const T* __restrict__ x, const T* __restrict__ a, LoraDownParams p, int wr,
+                         float scale) {
   constexpr int kU = RP <= 4 ? 2 : 4;  // within 64 registers (4 blocks per SM) at RP = 4
   __shared__ float red[kWarps][RP];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
