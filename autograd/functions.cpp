@@ -133,7 +133,14 @@ Var lora_linear(Tape& tape, const Var& x, const FrozenLinear& base, const LoraBr
     ac = Tensor(lora->Ac, nullptr);
     bc = Tensor(lora->Bc, nullptr);
     t = eng.empty({n, r}, dt);
-    if (lora_fuses_down(in, r, lora->fuse_max_rank) && ops::vec8_aligned({x.t(), ac})) {
+    const bool fuse_down = lora_fuses_down(in, r, lora->fuse_max_rank) && ops::vec8_aligned({x.t(), ac});
+    const bool fuse_up = lora_fuses_up(out_f, r, lora->fuse_max_rank) && ops::vec8_aligned({y.t(), bc});
+    const bool one_pass = fuse_down && fuse_up && ops::lora_down_fuses_up(out_f, r);
+    if (one_pass) {
+      // the whole branch in one launch: dropout, lora_A, and y += s t B^T per row (ops/lora_down.h)
+      const ops::LoraUpEpilogue up{y.t(), bc, out_f, lora->scaling};
+      ops::lora_down_forward(t, x.t(), ac, lora_down_params(*lora, n, in), eng, &up);
+    } else if (fuse_down) {
       // dropout fused into lora_A: no dropout(x) buffer
       ops::lora_down_forward(t, x.t(), ac, lora_down_params(*lora, n, in), eng);
     } else {
@@ -148,9 +155,9 @@ Var lora_linear(Tape& tape, const Var& x, const FrozenLinear& base, const LoraBr
       pa.m = n; pa.n = r; pa.k = in; pa.trans_b = true;
       ops::matmul(t, xa, ac, pa, eng);
     }
-    if (lora_fuses_up(out_f, r, lora->fuse_max_rank) && ops::vec8_aligned({y.t(), bc})) {  // y += s t B^T, one pass
+    if (fuse_up && !one_pass) {  // y += s t B^T, one pass
       ops::lora_up_forward(y.t(), t, bc, {n, out_f, r, lora->scaling}, eng);
-    } else {
+    } else if (!fuse_up) {
       ops::MatmulParams pb;
       pb.m = n; pb.n = out_f; pb.k = r; pb.trans_b = true; pb.alpha = lora->scaling; pb.beta = 1.f;
       ops::matmul(y.t(), t, bc, pb, eng);

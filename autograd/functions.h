@@ -49,7 +49,8 @@ struct LoraBranch {
 // scaling and the sum separately (a documented, bounded difference). No gradient for the base weight; dA,
 // dB accumulate; dropout masks are regenerated in backward. When lora_fuses_down(in, r), the dropout is fused
 // into the down-projection (forward) and into the dA / dx pass (backward): x' is never stored; when
-// lora_fuses_up(out, r), B's product is added to y in one pass and dt / dB come from one pass over dy.
+// lora_fuses_up(out, r), B's product is added to y in one pass and dt / dB come from one pass over dy; with
+// both (and r = 4 or 16: ops::lora_down_fuses_up), the forward branch is one launch, the same bits.
 Var lora_linear(Tape& tape, const Var& x, const FrozenLinear& base, const LoraBranch* lora);
 bool lora_fuses_down(int64_t in, int64_t r, int64_t max_rank = kLoraFuseMaxRank);
 bool lora_fuses_up(int64_t out, int64_t r, int64_t max_rank = kLoraFuseMaxRank);

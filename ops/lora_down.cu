@@ -6,7 +6,8 @@
 //   row (WR from the shape only: lora_down_fwd_warps_per_row); a lane walks its vectors of the row with kU
 //   loads in flight (2 at RP = 4, within 64 registers; 4 at RP = 16) and keeps RP partial dot products,
 //   then shuffles, and the row's warps (in warp order) sum them and round t. A is read through L1 (every
-//   row reads all of it).
+//   row reads all of it). With the up epilogue, the row's warps then add s * t B^T to the row of y (a lane
+//   per 8-column vector, B's 8 x RP block as RP vectors: ops/lora_up.cu's forward, the same bits).
 //   Backward: a block owns 256 columns (a lane per vector, A's 8 columns x RP in registers) and a slab of
 //   rows that its 8 warps share row by row: dx from dt[m, :] . A[:, k] and the dA partial from
 //   dt[m, :] * xd[m, k] in registers. The warps' partials are summed in warp order into the slab's
@@ -37,12 +38,21 @@ __device__ __forceinline__ unsigned masked8(const Vec<T, kV>& xv, const LoraDown
   return keep;
 }
 
+// y += s * t B^T for the rows (kUp; r == RP): y (n, out), b (out, RP).
+template <typename T>
+struct UpArgs {
+  T* y;
+  const T* b;
+  int64_t out;
+  float s;
+};
+
 // Block: rows [rb * blockIdx.x, ...), rb = 8 / wr, each row summed by wr warps (part = warp % wr), a lane
 // per vector v = 32 part + lane + 32 wr q. Up to kU vectors of x are loaded before any math.
-template <typename T, int RP, int SH, bool kDrop>
+template <typename T, int RP, int SH, bool kDrop, bool kUp>
 __global__ void __launch_bounds__(kThreads, RP <= 4 ? 4 : 2)
     lora_down_fwd_kernel(T* __restrict__ t, const T* __restrict__ x, const T* __restrict__ a, LoraDownParams p, int wr,
-                         float scale) {
+                         float scale, UpArgs<T> up) {
   constexpr int kU = RP <= 4 ? 2 : 4;  // within 64 registers (4 blocks per SM) at RP = 4
   __shared__ float red[kWarps][RP];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -85,6 +95,33 @@ __global__ void __launch_bounds__(kThreads, RP <= 4 ? 4 : 2)
     float acc = red[warp][lane];
     for (int q = 1; q < wr; ++q) acc += red[warp + q][lane];
     t[m * p.r + lane] = from_f32<T>(acc);
+  }
+  if constexpr (kUp) {
+    if (m >= p.n) return;
+    float tr[RP];  // t[m, :] as stored: the same sums in the same order, rounded
+#pragma unroll
+    for (int j = 0; j < RP; ++j) {
+      float acc = red[warp - part][j];
+      for (int q = 1; q < wr; ++q) acc += red[warp - part + q][j];
+      tr[j] = round_to<T>(acc);
+    }
+    Vec<T, kV>* yr = reinterpret_cast<Vec<T, kV>*>(up.y + m * up.out);
+    const Vec<T, kV>* bv = reinterpret_cast<const Vec<T, kV>*>(up.b);
+#pragma unroll 2
+    for (int64_t v = int64_t(part) * 32 + lane; v < up.out / kV; v += step) {
+      Vec<T, kV> bb[RP];  // b[8 v + k, j] = bb[(k RP + j) / 8].v[(k RP + j) % 8]
+#pragma unroll
+      for (int q = 0; q < RP; ++q) bb[q] = bv[v * RP + q];
+      Vec<T, kV> yv = yr[v];
+#pragma unroll
+      for (int k = 0; k < kV; ++k) {
+        float acc = 0.f;
+#pragma unroll
+        for (int j = 0; j < RP; ++j) acc = fmaf(tr[j], to_f32(bb[(k * RP + j) / kV].v[(k * RP + j) % kV]), acc);
+        yv.v[k] = from_f32<T>(fmaf(up.s, acc, to_f32(yv.v[k])));
+      }
+      yr[v] = yv;
+    }
   }
 }
 
@@ -201,9 +238,14 @@ void dispatch_mask(const LoraDownParams& p, F f) {
 
 namespace cuda {
 
-void lora_down_forward(TensorView t, TensorView x, TensorView a, const LoraDownParams& p, cudaStream_t stream) {
-  lora_down_forward_check(t, x, a, p);
+void lora_down_forward(TensorView t, TensorView x, TensorView a, const LoraDownParams& p, cudaStream_t stream,
+                       const LoraUpEpilogue* up) {
+  lora_down_forward_check(t, x, a, p, up);
   check_cuda(x, a, TensorView{}, p, "lora_down_forward");
+  if (up != nullptr)
+    ENGINE_CHECK(lora_down_fuses_up(up->out, p.r) && vec8_aligned({up->y, up->b}),
+                 "lora_down_forward: the up epilogue needs r = 4 or 16, out % 8 == 0 and 8-element aligned y and b, "
+                 "got r=", p.r, " out=", up->out, " y ", up->y.str(), " b ", up->b.str());
   if (p.n == 0) return;
   const float scale = 1.0f / (1.0f - p.p);
   const int wr = int(lora_down_fwd_warps_per_row(p.n, p.in));
@@ -211,12 +253,18 @@ void lora_down_forward(TensorView t, TensorView x, TensorView a, const LoraDownP
   OPS_DISPATCH_FLOAT(x.dtype, T, dispatch_mask(p, [&](auto sh, auto drop) {
     constexpr int SH = decltype(sh)::value;
     constexpr bool kDrop = decltype(drop)::value;
-    if (p.r <= 4)
-      lora_down_fwd_kernel<T, 4, SH, kDrop><<<grid, kThreads, 0, stream>>>(t.ptr<T>(), x.ptr<const T>(),
-                                                                         a.ptr<const T>(), p, wr, scale);
-    else
-      lora_down_fwd_kernel<T, 16, SH, kDrop><<<grid, kThreads, 0, stream>>>(t.ptr<T>(), x.ptr<const T>(),
-                                                                          a.ptr<const T>(), p, wr, scale);
+    auto run = [&](auto rp, auto with_up) {  // RP and kUp as compile-time constants
+      const UpArgs<T> ua{up ? up->y.ptr<T>() : nullptr, up ? up->b.ptr<const T>() : nullptr, up ? up->out : 0,
+                         up ? up->scaling : 0.f};
+      lora_down_fwd_kernel<T, decltype(rp)::value, SH, kDrop, decltype(with_up)::value>
+          <<<grid, kThreads, 0, stream>>>(t.ptr<T>(), x.ptr<const T>(), a.ptr<const T>(), p, wr, scale, ua);
+    };
+    auto with_rank = [&](auto rp) {
+      if (up != nullptr) run(rp, std::true_type{});
+      else run(rp, std::false_type{});
+    };
+    if (p.r <= 4) with_rank(std::integral_constant<int, 4>{});
+    else with_rank(std::integral_constant<int, 16>{});
   }));
   CUDA_CHECK_LAST();
 }

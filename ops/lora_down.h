@@ -20,6 +20,10 @@
 //   order, then shuffles, then lora_down_fwd_warps_per_row(n, in) warps in warp order). The CUDA backward
 //   takes `workspace` (lora_down_workspace_elems f32, from the caller) and sums dA over lora_down_slabs(n)
 //   row slabs in slab order. Bitwise reproducible run to run; the split depends on the shape only.
+//   Forward epilogue (optional, `up`): y += scaling * t B^T, i.e. ops/lora_up.h's forward on the t just
+//   computed, with the same bits, so that a LoRA branch's forward is one launch: on CUDA each block adds its
+//   rows' t B^T to y right after summing them (lora_down_fuses_up(out, r): r = 4 or 16, out % 8 == 0; y and b
+//   8-element aligned); the CPU runs lora_up_forward after the down-projection.
 // Tests: tests/ops/lora_down_cpu_test.cpp, lora_down_gpu_test.cpp   Bench: bench/ops/lora_down_bench.cpp
 #pragma once
 #include "ops/common.h"
@@ -39,37 +43,50 @@ struct LoraDownParams {
 
 inline bool lora_down_fusable(int64_t in, int64_t r) { return r >= 1 && r <= kLoraDownMaxRank && in % 8 == 0; }
 
+// The forward's optional y += scaling * t B^T (ops::lora_up_forward's contract): y (n, out), b (out, r), both
+// in x's dtype.
+struct LoraUpEpilogue {
+  TensorView y, b;
+  int64_t out = 0;
+  float scaling = 1.f;
+};
+inline bool lora_down_fuses_up(int64_t out, int64_t r) { return (r == 4 || r == 16) && out % 8 == 0; }
+
 // The params of the dropout mask this op fuses (n*in elements of x viewed flat).
 inline DropoutParams lora_down_dropout(const LoraDownParams& p) {
   return DropoutParams{p.n * p.in, p.p, p.seed, p.stream, p.offset};
 }
 
 // The CUDA work split. Forward: warps per row (1, 2, 4 or 8 of a block's 8), more when there are few rows,
-// so that ~256 blocks run. Backward: row slabs (~32 rows each, at most 64) x 256-column chunks, and the f32
+// so that ~512 blocks run. Backward: row slabs (~32 rows each, at most 64) x 256-column chunks, and the f32
 // workspace of the slabs' dA partials, slabs * r * in.
 int64_t lora_down_fwd_warps_per_row(int64_t n, int64_t in);
 int64_t lora_down_slabs(int64_t n);
 int64_t lora_down_workspace_elems(int64_t n, int64_t in, int64_t r);
 
-void lora_down_forward_check(TensorView t, TensorView x, TensorView a, const LoraDownParams& p);
+void lora_down_forward_check(TensorView t, TensorView x, TensorView a, const LoraDownParams& p,
+                             const LoraUpEpilogue* up = nullptr);
 void lora_down_backward_check(TensorView da, TensorView dx, TensorView dt, TensorView x, TensorView a,
                               const LoraDownParams& p);
 
 namespace cpu {
-void lora_down_forward(TensorView t, TensorView x, TensorView a, const LoraDownParams& p);
+void lora_down_forward(TensorView t, TensorView x, TensorView a, const LoraDownParams& p,
+                       const LoraUpEpilogue* up = nullptr);
 void lora_down_backward(TensorView da, TensorView dx, Accum dx_mode, TensorView dt, TensorView x, TensorView a,
                         const LoraDownParams& p);
 }  // namespace cpu
 
 namespace cuda {
-void lora_down_forward(TensorView t, TensorView x, TensorView a, const LoraDownParams& p, cudaStream_t stream);
+void lora_down_forward(TensorView t, TensorView x, TensorView a, const LoraDownParams& p, cudaStream_t stream,
+                       const LoraUpEpilogue* up = nullptr);
 void lora_down_backward(TensorView da, TensorView dx, Accum dx_mode, TensorView dt, TensorView x, TensorView a,
                         TensorView workspace, const LoraDownParams& p, cudaStream_t stream);
 }  // namespace cuda
 
-inline void lora_down_forward(TensorView t, TensorView x, TensorView a, const LoraDownParams& p, Engine& eng) {
-  if (on_cuda({t, x, a})) cuda::lora_down_forward(t, x, a, p, eng.stream());
-  else cpu::lora_down_forward(t, x, a, p);
+inline void lora_down_forward(TensorView t, TensorView x, TensorView a, const LoraDownParams& p, Engine& eng,
+                              const LoraUpEpilogue* up = nullptr) {
+  if (on_cuda({t, x, a})) cuda::lora_down_forward(t, x, a, p, eng.stream(), up);
+  else cpu::lora_down_forward(t, x, a, p, up);
 }
 // `workspace`: lora_down_workspace_elems f32 on CUDA; ignored (may be undefined) on CPU.
 inline void lora_down_backward(TensorView da, TensorView dx, Accum dx_mode, TensorView dt, TensorView x,

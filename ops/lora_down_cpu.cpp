@@ -3,6 +3,7 @@
 // rounding points are those of dropout_forward + matmul (forward) and of torch's matmul + dropout backward +
 // autograd's add (dx; see ops/lora_down.h).
 #include "ops/lora_down.h"
+#include "ops/lora_up.h"
 
 #include <algorithm>
 #include <vector>
@@ -14,10 +15,10 @@ namespace ops {
 int64_t lora_down_slabs(int64_t n) { return std::min<int64_t>(64, std::max<int64_t>(1, (n + 31) / 32)); }
 
 int64_t lora_down_fwd_warps_per_row(int64_t n, int64_t in) {
-  // Double while there are fewer than 256 blocks of 8 / wr rows and the doubled warps still give every lane
-  // of a row at least one 8-element vector.
+  // Double while there are fewer than 512 blocks of 8 / wr rows (~4 per SM: the kernel is latency-bound at
+  // a few hundred rows) and the doubled warps still give every lane of a row at least one 8-element vector.
   int64_t wr = 1;
-  while (wr < 8 && (n * wr + 7) / 8 < 256 && in / 8 >= wr * 64) wr *= 2;
+  while (wr < 8 && (n * wr + 7) / 8 < 512 && in / 8 >= wr * 64) wr *= 2;
   return wr;
 }
 
@@ -55,10 +56,12 @@ class Mask {
 };
 }  // namespace
 
-void lora_down_forward_check(TensorView t, TensorView x, TensorView a, const LoraDownParams& p) {
+void lora_down_forward_check(TensorView t, TensorView x, TensorView a, const LoraDownParams& p,
+                             const LoraUpEpilogue* up) {
   check_common(x, a, p, "lora_down_forward");
   ENGINE_CHECK(t.dtype == x.dtype && t.numel() == p.n * p.r, "lora_down_forward: t ", t.str(), " must be ",
                engine::dtype_name(x.dtype), " with n=", p.n, " x r=", p.r, " elements");
+  if (up != nullptr) lora_up_forward_check(up->y, t, up->b, {p.n, up->out, p.r, up->scaling});
 }
 
 void lora_down_backward_check(TensorView da, TensorView dx, TensorView dt, TensorView x, TensorView a,
@@ -74,8 +77,8 @@ void lora_down_backward_check(TensorView da, TensorView dx, TensorView dt, Tenso
 
 namespace cpu {
 
-void lora_down_forward(TensorView t, TensorView x, TensorView a, const LoraDownParams& p) {
-  lora_down_forward_check(t, x, a, p);
+void lora_down_forward(TensorView t, TensorView x, TensorView a, const LoraDownParams& p, const LoraUpEpilogue* up) {
+  lora_down_forward_check(t, x, a, p, up);
   const double scale = double(1.0f / (1.0f - p.p));
   Mask mask(p);
   std::vector<double> xd(size_t(p.in), 0.0);
@@ -90,6 +93,7 @@ void lora_down_forward(TensorView t, TensorView x, TensorView a, const LoraDownP
       engine::store_f64(t.data, t.dtype, m * p.r + j, s);
     }
   }
+  if (up != nullptr) lora_up_forward(up->y, t, up->b, {p.n, up->out, p.r, up->scaling});
 }
 
 void lora_down_backward(TensorView da, TensorView dx, Accum dx_mode, TensorView dt, TensorView x, TensorView a,

@@ -201,6 +201,34 @@ __global__ void nf4_dequantize_kernel(T* __restrict__ out, const uint8_t* __rest
   const float off = offset[0];
   const int lane = threadIdx.x % 32;
   const int64_t warp = (int64_t(blockIdx.x) * kThreads + threadIdx.x) / 32;
+  if ((warp + 1) * 32 * kUnits * kE <= count) {
+    // Every unit of the warp is whole (all but the last warp): all loads first, so that a thread's kUnits
+    // packed words and absmax codes are in flight together (the loop below waits for each unit in turn).
+    uint32_t bits[kUnits];
+    uint8_t aq[kUnits];
+    float a2[kUnits];
+#pragma unroll
+    for (int j = 0; j < kUnits; ++j) {
+      const int64_t e = e0 + (warp * 32 * kUnits + j * 32 + lane) * kE, b = e / kNf4Block;
+      if constexpr (kE == 8) bits[j] = *reinterpret_cast<const uint32_t*>(packed + e / 2);
+      else bits[j] = *reinterpret_cast<const uint16_t*>(packed + e / 2);
+      aq[j] = absmax_q[b];
+      a2[j] = absmax2[b / kNf4Block2];
+    }
+#pragma unroll
+    for (int j = 0; j < kUnits; ++j) {
+      const float absmax = __fadd_rn(mul_ftz(tab.map[aq[j]], a2[j]), off);
+      float v[kE];
+#pragma unroll
+      for (int k = 0; k < kE / 2; ++k) {
+        const uint32_t byte = (bits[j] >> (8 * k)) & 0xFFu;
+        v[2 * k] = mul_ftz(nf4[byte >> 4], absmax);
+        v[2 * k + 1] = mul_ftz(nf4[byte & 0xFu], absmax);
+      }
+      store16<T, kE>(out + (warp * 32 * kUnits + j * 32 + lane) * kE, v);
+    }
+    return;
+  }
 #pragma unroll
   for (int j = 0; j < kUnits; ++j) {
     const int64_t local = (warp * 32 * kUnits + j * 32 + lane) * kE;  // first output of this unit

@@ -7,6 +7,21 @@ namespace {
 using namespace bench;  // Engine, Tensor, DType, timers
 using ops::TensorView;
 
+// Times c = op(a) op(b) (alpha, beta from p) with L2 flushed before each launch; reports TFLOP/s.
+void time_gemm(benchmark::State& state, Engine& eng, const Tensor& c, const Tensor& a, const Tensor& b,
+               const ops::MatmulParams& p) {
+  ops::cuda::matmul(c, a, b, p, eng.blas(), eng.stream());  // warm the algorithm cache
+  bench::L2Flush flush(eng);
+  bench::CudaEventTimer timer;
+  for (auto _ : state) {
+    flush(eng.stream());
+    timer.start(eng.stream());
+    ops::cuda::matmul(c, a, b, p, eng.blas(), eng.stream());
+    state.SetIterationTime(timer.stop_seconds(eng.stream()));
+  }
+  bench::report_flops(state, 2.0 * p.m * p.n * p.k);
+}
+
 // Y(m,n) = X(m,k) W(n,k)^T, the forward of nn.Linear.
 void BM_MatmulLinear(benchmark::State& state) {
   if (!bench::require_cuda(state)) return;
@@ -15,17 +30,18 @@ void BM_MatmulLinear(benchmark::State& state) {
   const DType dt = DType::kBF16;
   Tensor x = bench::random_tensor(eng, {m, k}, dt, 1), w = bench::random_tensor(eng, {n, k}, dt, 2, 0.02);
   Tensor y = eng.empty({m, n}, dt);
-  const auto p = ops::matmul_params(y, x, w, false, true);
-  ops::cuda::matmul(y, x, w, p, eng.blas(), eng.stream());  // warm the algorithm cache
-  bench::L2Flush flush(eng);
-  bench::CudaEventTimer timer;
-  for (auto _ : state) {
-    flush(eng.stream());
-    timer.start(eng.stream());
-    ops::cuda::matmul(y, x, w, p, eng.blas(), eng.stream());
-    state.SetIterationTime(timer.stop_seconds(eng.stream()));
-  }
-  bench::report_flops(state, 2.0 * m * n * k);
+  time_gemm(state, eng, y, x, w, ops::matmul_params(y, x, w, false, true));
+}
+
+// dX(m,k) (+)= dY(m,n) W(n,k), the input gradient of nn.Linear (args m, n = out, k = in, accumulate).
+void BM_MatmulLinearDx(benchmark::State& state) {
+  if (!bench::require_cuda(state)) return;
+  Engine eng;
+  const int64_t m = state.range(0), n = state.range(1), k = state.range(2);
+  const DType dt = DType::kBF16;
+  Tensor dy = bench::random_tensor(eng, {m, n}, dt, 1), w = bench::random_tensor(eng, {n, k}, dt, 2, 0.02);
+  Tensor dx = bench::random_tensor(eng, {m, k}, dt, 3);
+  time_gemm(state, eng, dx, dy, w, ops::matmul_params(dx, dy, w, false, false, 1.f, state.range(3) ? 1.f : 0.f));
 }
 
 // The six GEMMs of one LoRA branch (autograd::lora_linear), args (n, in, out, r, which): which = 0..5 runs
@@ -81,5 +97,24 @@ BENCHMARK(BM_MatmulLinear)
     ->Args({4096, 2304, 2048})   // o_proj
     ->Args({4096, 9216, 2304})   // gate_proj / up_proj
     ->Args({4096, 2304, 9216})   // down_proj
+    ->Args({512, 2048, 2304})    // the notebook's 512 tokens: q_proj
+    ->Args({512, 1024, 2304})    //   k_proj / v_proj
+    ->Args({512, 4096, 2304})    //   q, k and v as one GEMM
+    ->Args({512, 2304, 2048})    //   o_proj
+    ->Args({512, 9216, 2304})    //   gate_proj / up_proj
+    ->Args({512, 18432, 2304})   //   gate and up as one GEMM
+    ->Args({512, 2304, 9216})    //   down_proj
+    ->UseManualTime()
+    ->Unit(benchmark::kMicrosecond);
+
+BENCHMARK(BM_MatmulLinearDx)
+    ->Args({512, 2048, 2304, 0})   // q_proj (set)
+    ->Args({512, 1024, 2304, 1})   // k_proj / v_proj (accumulate)
+    ->Args({512, 4096, 2304, 0})   // q, k and v as one GEMM
+    ->Args({512, 2304, 2048, 0})   // o_proj
+    ->Args({512, 9216, 2304, 0})   // gate_proj (set)
+    ->Args({512, 9216, 2304, 1})   // up_proj (accumulate)
+    ->Args({512, 18432, 2304, 0})  // gate and up as one GEMM
+    ->Args({512, 2304, 9216, 0})   // down_proj
     ->UseManualTime()
     ->Unit(benchmark::kMicrosecond);

@@ -50,5 +50,5 @@ void BM_Nf4Quantize(benchmark::State& state) {
 
 }  // namespace
 
-BENCHMARK(BM_Nf4Dequantize)->Args({9216, 2304})->Args({2048, 2304})->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_Nf4Dequantize)->Args({9216, 2304})->Args({2048, 2304})->Args({1024, 2304})->Args({4096, 2304})->Args({18432, 2304})->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_Nf4Quantize)->Args({9216, 2304})->UseManualTime()->Unit(benchmark::kMicrosecond);

@@ -48,5 +48,5 @@ void BM_RmsNormBackward(benchmark::State& state) {
 
 }  // namespace
 
-BENCHMARK(BM_RmsNormForward)->Args({4096, 2304})->Args({8192, 2304})->UseManualTime()->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_RmsNormBackward)->Args({4096, 2304})->Args({8192, 2304})->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_RmsNormForward)->Args({512, 2304})->Args({4096, 2304})->Args({8192, 2304})->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_RmsNormBackward)->Args({512, 2304})->Args({4096, 2304})->Args({8192, 2304})->UseManualTime()->Unit(benchmark::kMicrosecond);

@@ -2,6 +2,7 @@
 // composition it replaces (ops::cpu dropout + matmul), f64 finite differences, Accum set/add, dA accumulation,
 // odd sizes and every rank up to the limit, and the preconditions.
 #include "ops/lora_down.h"
+#include "ops/lora_up.h"
 #include "ops/matmul.h"
 #include "tests/test_util.h"
 
@@ -118,6 +119,34 @@ TEST(LoraDownCpu, DaAccumulatesAndDxIsOptional) {
   EXPECT_CLOSE(da.values(), twice, tol_for(DType::kF32));
 }
 
+// The forward's up epilogue is lora_up_forward on the t just computed (the CPU runs exactly that), and its
+// y is checked like lora_up_forward's.
+TEST(LoraDownCpu, UpEpilogueIsLoraUpAfterwards) {
+  Engine eng({engine::Backend::kCPU});
+  const Device c = Device::kCPU;
+  const int64_t n = 5, in = 24, out = 16, r = 4;
+  const auto p = params(n, in, r, 0.2f);
+  const auto xv = random_normal(n * in, 1), av = random_normal(r * in, 2), bv = random_normal(out * r, 3);
+  const auto yv = random_normal(n * out, 4);
+  TestTensor x(eng, c, {n, in}, DType::kBF16, xv), a(eng, c, {r, in}, DType::kBF16, av), b(eng, c, {out, r}, DType::kBF16, bv);
+  TestTensor t(eng, c, {n, r}, DType::kBF16), y(eng, c, {n, out}, DType::kBF16, yv);
+  TestTensor t2(eng, c, {n, r}, DType::kBF16), y2(eng, c, {n, out}, DType::kBF16, yv);
+  const ops::LoraUpEpilogue up{y, b, out, 0.5f};
+  ops::cpu::lora_down_forward(t, x, a, p, &up);
+  ops::cpu::lora_down_forward(t2, x, a, p);
+  ops::cpu::lora_up_forward(y2, t2, b, {n, out, r, 0.5f});
+  EXPECT_CLOSE(t.values(), t2.values(), (Tol{0, 0}));
+  EXPECT_CLOSE(y.values(), y2.values(), (Tol{0, 0}));
+  EXPECT_FALSE(y.values() == yv);  // y was updated
+  TestTensor ys(eng, c, {n, out - 1}, DType::kBF16);
+  const ops::LoraUpEpilogue bad{ys, b, out, 0.5f};
+  EXPECT_THROW(ops::cpu::lora_down_forward(t, x, a, p, &bad), engine::Error);
+  EXPECT_TRUE(ops::lora_down_fuses_up(2304, 4));
+  EXPECT_TRUE(ops::lora_down_fuses_up(8, 16));
+  EXPECT_FALSE(ops::lora_down_fuses_up(2304, 8));
+  EXPECT_FALSE(ops::lora_down_fuses_up(12, 4));
+}
+
 TEST(LoraDownCpu, RejectsBadArguments) {
   Engine eng({engine::Backend::kCPU});
   const Device c = Device::kCPU;
@@ -155,12 +184,13 @@ TEST(LoraDownCpu, WorkSplitDependsOnShapeOnly) {
   EXPECT_EQ(ops::lora_down_slabs(4096), 64);  // capped: 64-row slabs
   EXPECT_EQ(ops::lora_down_slabs(8192), 64);
   EXPECT_EQ(ops::lora_down_fwd_warps_per_row(4096, 2304), 1);  // 512 blocks of 8 rows
-  EXPECT_EQ(ops::lora_down_fwd_warps_per_row(512, 2304), 4);   // 256 blocks of 2 rows
-  EXPECT_EQ(ops::lora_down_fwd_warps_per_row(512, 9216), 4);
+  EXPECT_EQ(ops::lora_down_fwd_warps_per_row(512, 2304), 8);   // 512 blocks of 1 row
+  EXPECT_EQ(ops::lora_down_fwd_warps_per_row(512, 9216), 8);
   EXPECT_EQ(ops::lora_down_fwd_warps_per_row(1, 2304), 8);     // 288 vectors: >= 1 per lane of 8 warps
   EXPECT_EQ(ops::lora_down_fwd_warps_per_row(1, 9216), 8);
   EXPECT_EQ(ops::lora_down_fwd_warps_per_row(7, 16), 1);       // 2 vectors: one warp
-  EXPECT_EQ(ops::lora_down_fwd_warps_per_row(1024, 2304), 2);  // 256 blocks of 4 rows
+  EXPECT_EQ(ops::lora_down_fwd_warps_per_row(1024, 2304), 4);  // 512 blocks of 2 rows
+  EXPECT_EQ(ops::lora_down_fwd_warps_per_row(2048, 2304), 2);  // 512 blocks of 4 rows
   EXPECT_EQ(ops::lora_down_workspace_elems(1, 9, 3), 27);      // backward slabs
   EXPECT_EQ(ops::lora_down_workspace_elems(512, 2304, 4), 16 * 4 * 2304);
   EXPECT_EQ(ops::lora_down_workspace_elems(8192, 9216, 16), 64 * 16 * 9216);

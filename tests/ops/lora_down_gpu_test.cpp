@@ -3,6 +3,7 @@
 // dx optional), against the GPU composition it replaces (dropout_forward + cuBLASLt matmuls, up to the
 // Gemma-2-2B shapes), the dropout mask against ops::dropout's, and bitwise run-to-run reproducibility of dA.
 #include "ops/lora_down.h"
+#include "ops/lora_up.h"
 #include "ops/matmul.h"
 #include "tests/test_util.h"
 
@@ -162,6 +163,55 @@ INSTANTIATE_TEST_SUITE_P(Gemma2B, LoraDownGpuBig,
                                   std::to_string(i.param.r);
                          });
 
+// The forward's up epilogue (y += s t B^T in the same launch) gives the bits of lora_down_forward followed by
+// lora_up_forward, on the GPU, and matches the CPU reference.
+struct UpCase {
+  int64_t n, in, out, r;
+  float p;
+  uint64_t offset;
+  DType dt;
+};
+
+class LoraDownUpGpu : public ::testing::TestWithParam<UpCase> {};
+
+TEST_P(LoraDownUpGpu, EqualsDownThenUp) {
+  REQUIRE_CUDA();
+  const UpCase c = GetParam();
+  ops::LoraDownParams p = params({c.n, c.in, c.r, c.p, c.offset, c.dt});
+  Engine eng;
+  const auto xv = random_normal(c.n * c.in, 1), av = random_normal(c.r * c.in, 2, 0.1);
+  const auto bv = random_normal(c.out * c.r, 3, 0.1), yv = random_normal(c.n * c.out, 4);
+  struct Out { std::vector<double> t, y, t2, y2; };
+  auto run = [&](Device dev) {
+    TestTensor x(eng, dev, {c.n, c.in}, c.dt, xv), a(eng, dev, {c.r, c.in}, c.dt, av), b(eng, dev, {c.out, c.r}, c.dt, bv);
+    TestTensor t(eng, dev, {c.n, c.r}, c.dt), y(eng, dev, {c.n, c.out}, c.dt, yv);
+    TestTensor t2(eng, dev, {c.n, c.r}, c.dt), y2(eng, dev, {c.n, c.out}, c.dt, yv);
+    const ops::LoraUpEpilogue up{y, b, c.out, 0.75f};
+    ops::lora_down_forward(t, x, a, p, eng, &up);
+    ops::lora_down_forward(t2, x, a, p, eng);
+    ops::lora_up_forward(y2, t2, b, {c.n, c.out, c.r, 0.75f}, eng);
+    EXPECT_GUARDS_INTACT(t); EXPECT_GUARDS_INTACT(y);
+    return Out{t.values(), y.values(), t2.values(), y2.values()};
+  };
+  const Out got = run(Device::kCUDA), ref = run(Device::kCPU);
+  EXPECT_CLOSE(got.t, got.t2, (Tol{0, 0}));
+  EXPECT_CLOSE(got.y, got.y2, (Tol{0, 0}));
+  EXPECT_CLOSE(got.t, ref.t, tol_sum(c.dt));
+  EXPECT_CLOSE(got.y, ref.y, tol_sum(c.dt));
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, LoraDownUpGpu,
+    ::testing::Values(UpCase{7, 16, 8, 4, 0.3f, 3, DType::kF32}, UpCase{33, 72, 264, 4, 0.1f, 0, DType::kBF16},
+                      UpCase{65, 136, 520, 16, 0.0f, 5, DType::kF16}, UpCase{40, 48, 1032, 16, 0.2f, 0, DType::kBF16},
+                      // Gemma-2-2B at 512 tokens: q_proj (warps per row 8) and down_proj; 4096 tokens: gate_proj
+                      UpCase{512, 2304, 2048, 4, 0.1f, 0, DType::kBF16}, UpCase{512, 9216, 2304, 4, 0.05f, 0, DType::kF16},
+                      UpCase{4096, 2304, 9216, 4, 0.1f, 0, DType::kBF16}),
+    [](const ::testing::TestParamInfo<UpCase>& i) {
+      return "n" + std::to_string(i.param.n) + "_in" + std::to_string(i.param.in) + "_out" +
+             std::to_string(i.param.out) + "_r" + std::to_string(i.param.r) + "_" + engine::dtype_name(i.param.dt);
+    });
+
 TEST(LoraDownGpuErrors, RejectsBadWorkspaceShapesAndF64) {
   REQUIRE_CUDA();
   Engine eng;
@@ -189,6 +239,16 @@ TEST(LoraDownGpuErrors, RejectsBadWorkspaceShapesAndF64) {
   xoff.shape = {8, 40};
   EXPECT_THROW(ops::cuda::lora_down_forward(t, xoff, a, p, eng.stream()), engine::Error);
   EXPECT_NO_THROW(ops::cuda::lora_down_forward(t, x, a, p, eng.stream()));
+  // The up epilogue on CUDA: r = 4 or 16 only (r = 2 here), y's shape checked.
+  TestTensor t2(eng, d, {8, 2}, DType::kF32), a2(eng, d, {2, 40}, DType::kF32, random_normal(80, 2));
+  TestTensor y(eng, d, {8, 16}, DType::kF32), b2(eng, d, {16, 2}, DType::kF32, random_normal(32, 3));
+  TestTensor b4(eng, d, {16, 4}, DType::kF32, random_normal(64, 3)), y15(eng, d, {8, 15}, DType::kF32);
+  ops::LoraDownParams p2 = p;
+  p2.r = 2;
+  const ops::LoraUpEpilogue up2{y, b2, 16, 1.f}, up4{y, b4, 16, 1.f}, bad{y15, b4, 16, 1.f};
+  EXPECT_THROW(ops::cuda::lora_down_forward(t2, x, a2, p2, eng.stream(), &up2), engine::Error);
+  EXPECT_THROW(ops::cuda::lora_down_forward(t, x, a, p, eng.stream(), &bad), engine::Error);
+  EXPECT_NO_THROW(ops::cuda::lora_down_forward(t, x, a, p, eng.stream(), &up4));
 }
 
 }  // namespace

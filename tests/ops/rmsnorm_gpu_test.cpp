@@ -68,7 +68,9 @@ INSTANTIATE_TEST_SUITE_P(Shapes, RmsNormGpu,
                          ::testing::Values(RmsNormCase{1, 8, DType::kF32}, RmsNormCase{7, 45, DType::kF32},
                                            RmsNormCase{5, 33, DType::kF16}, RmsNormCase{3, 4097, DType::kBF16},
                                            RmsNormCase{64, 2304, DType::kBF16}, RmsNormCase{64, 2304, DType::kF16},
-                                           RmsNormCase{512, 2304, DType::kF32}),
+                                           RmsNormCase{512, 2304, DType::kF32}, RmsNormCase{9, 4096, DType::kBF16},
+                                           RmsNormCase{6, 4104, DType::kBF16}, RmsNormCase{5, 256, DType::kF16},
+                                           RmsNormCase{3, 776, DType::kBF16}),
                          case_name);
 
 }  // namespace
