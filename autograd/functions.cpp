@@ -3,6 +3,7 @@
 #include "autograd/functions.h"
 
 #include "ops/elementwise.h"
+#include "ops/lora_branch.h"
 #include "ops/lora_down.h"
 #include "ops/lora_up.h"
 #include "ops/matmul.h"
@@ -114,7 +115,10 @@ bool lora_fuses_up(int64_t out, int64_t r, int64_t max_rank) { return r <= max_r
 // their offsets in one flat bank, and an odd r*in misaligns the later ones. Both allocators align bases to
 // >= 64 bytes, so the check gives the same answer on CPU and CUDA and both backends take the same path.
 
-Var lora_linear(Tape& tape, const Var& x, const FrozenLinear& base, const LoraBranch* lora) {
+namespace {
+// One linear layer with no branch or an unfused one (the GEMM path, or the fused kernels that are not one
+// pass: r = 8, or a down-projection whose rank the up-projection does not take).
+Var lora_linear_single(Tape& tape, const Var& x, const FrozenLinear& base, const LoraBranch* lora) {
   Engine& eng = tape.engine();
   const int64_t n = x.rows(), in = base.in, out_f = base.out;
   ENGINE_CHECK(x.cols() == in, "lora_linear: x ", x.t().str(), " vs base (", out_f, ", ", in, ")");
@@ -135,12 +139,7 @@ Var lora_linear(Tape& tape, const Var& x, const FrozenLinear& base, const LoraBr
     t = eng.empty({n, r}, dt);
     const bool fuse_down = lora_fuses_down(in, r, lora->fuse_max_rank) && ops::vec8_aligned({x.t(), ac});
     const bool fuse_up = lora_fuses_up(out_f, r, lora->fuse_max_rank) && ops::vec8_aligned({y.t(), bc});
-    const bool one_pass = fuse_down && fuse_up && ops::lora_down_fuses_up(out_f, r);
-    if (one_pass) {
-      // the whole branch in one launch: dropout, lora_A, and y += s t B^T per row (ops/lora_down.h)
-      const ops::LoraUpEpilogue up{y.t(), bc, out_f, lora->scaling};
-      ops::lora_down_forward(t, x.t(), ac, lora_down_params(*lora, n, in), eng, &up);
-    } else if (fuse_down) {
+    if (fuse_down) {
       // dropout fused into lora_A: no dropout(x) buffer
       ops::lora_down_forward(t, x.t(), ac, lora_down_params(*lora, n, in), eng);
     } else {
@@ -155,7 +154,7 @@ Var lora_linear(Tape& tape, const Var& x, const FrozenLinear& base, const LoraBr
       pa.m = n; pa.n = r; pa.k = in; pa.trans_b = true;
       ops::matmul(t, xa, ac, pa, eng);
     }
-    if (fuse_up && !one_pass) {  // y += s t B^T, one pass
+    if (fuse_up) {  // y += s t B^T, one pass
       ops::lora_up_forward(y.t(), t, bc, {n, out_f, r, lora->scaling}, eng);
     } else if (!fuse_up) {
       ops::MatmulParams pb;
@@ -224,6 +223,147 @@ Var lora_linear(Tape& tape, const Var& x, const FrozenLinear& base, const LoraBr
     });
   }
   return y;
+}
+// A group's base weights for its GEMMs, in member order. NF4 members on CUDA whose dequantized weights all fit
+// the shared workspace get consecutive slices of it: members 1.. are dequantized on side stream 1 as soon as
+// the group starts, beside member 0's dequantize and GEMM (get(1) joins them); otherwise each member is
+// dequantized into the workspace's start right before its GEMM (one weight resident at a time).
+class GroupWeights {
+ public:
+  GroupWeights(const std::vector<FrozenLinear>& bases, DType dt, Engine& eng) : bases_(bases), dt_(dt), eng_(eng) {
+    int64_t total = 0;
+    bool nf4 = eng.is_cuda() && bases.size() > 1;
+    for (const FrozenLinear& b : bases) {
+      nf4 = nf4 && !b.dense.defined() && b.dequant_ws.defined() && b.dequant_ws.dtype == dt;
+      total += b.out * b.in;
+    }
+    if (!nf4 || bases[0].dequant_ws.numel() < total) return;
+    int64_t off = 0;
+    for (const FrozenLinear& b : bases) {
+      TensorView w = b.dequant_ws;
+      w.data = static_cast<char*>(w.data) + size_t(off) * engine::dtype_size(dt);
+      w.shape = {b.out, b.in};
+      slices_.push_back(w);
+      off += b.out * b.in;
+    }
+    eng.fork(1);  // the slices' last readers (earlier GEMMs) are on the compute stream, before this point
+    for (size_t g = 1; g < bases.size(); ++g) ops::cuda::nf4_dequantize(slices_[g], bases[g].nf4, eng.side_stream(1));
+    pending_ = true;
+  }
+  ~GroupWeights() { if (pending_) eng_.join(1); }
+  GroupWeights(const GroupWeights&) = delete;
+  GroupWeights& operator=(const GroupWeights&) = delete;
+
+  TensorView get(size_t g) {
+    if (slices_.empty()) return base_weight(bases_[g], dt_, eng_);
+    if (g == 0) {
+      ops::nf4_dequantize(slices_[0], bases_[0].nf4, eng_);
+    } else if (pending_) {
+      eng_.join(1);
+      pending_ = false;
+    }
+    return slices_[g];
+  }
+
+ private:
+  const std::vector<FrozenLinear>& bases_;
+  DType dt_;
+  Engine& eng_;
+  std::vector<TensorView> slices_;
+  bool pending_ = false;
+};
+
+// The group's branches go through ops::lora_branch when every member has one that fuses in one pass, with one
+// rank, dropout key and dtype, and aligned views; otherwise each member is its own lora_linear_single.
+bool branches_group(const Var& x, const std::vector<FrozenLinear>& bases, const std::vector<const LoraBranch*>& loras) {
+  const LoraBranch* l0 = loras[0];
+  if (l0 == nullptr) return false;
+  const int64_t r = l0->A.shape[0];
+  for (size_t g = 0; g < loras.size(); ++g) {
+    const LoraBranch* l = loras[g];
+    if (l == nullptr || l->A.shape[0] != r || l->dropout != l0->dropout || l->seed != l0->seed ||
+        l->offset != l0->offset)
+      return false;
+    if (!lora_fuses_down(bases[g].in, r, l->fuse_max_rank) || !lora_fuses_up(bases[g].out, r, l->fuse_max_rank) ||
+        !ops::lora_branch_fusable(bases[g].in, bases[g].out, r))
+      return false;
+    if (l->Ac.dtype != x.dtype() || l->Bc.dtype != x.dtype() || !ops::vec8_aligned({x.t(), l->Ac, l->Bc})) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+std::vector<Var> lora_linear_group(Tape& tape, const Var& x, const std::vector<FrozenLinear>& bases,
+                                   const std::vector<const LoraBranch*>& loras) {
+  ENGINE_CHECK(!bases.empty() && bases.size() == loras.size() && int(bases.size()) <= ops::kLoraMaxGroup,
+               "lora_linear_group: 1 to ", ops::kLoraMaxGroup, " members with one branch slot each, got ",
+               bases.size(), " bases and ", loras.size(), " branches");
+  const size_t G = bases.size();
+  std::vector<Var> ys;
+  if (!branches_group(x, bases, loras)) {
+    for (size_t g = 0; g < G; ++g) ys.push_back(lora_linear_single(tape, x, bases[g], loras[g]));
+    return ys;
+  }
+  Engine& eng = tape.engine();
+  const int64_t n = x.rows(), in = x.cols(), r = loras[0]->A.shape[0];
+  const DType dt = x.dtype();
+  const bool rg = tape.recording();
+  std::vector<ops::LoraBranchMember> members(G);
+  std::vector<Tensor> keep;  // t: saved for backward
+  for (size_t g = 0; g < G; ++g) {
+    const FrozenLinear& b = bases[g];
+    const LoraBranch& l = *loras[g];
+    ENGINE_CHECK(in == b.in, "lora_linear: x ", x.t().str(), " vs base (", b.out, ", ", b.in, ")");
+    ENGINE_CHECK(l.Ac.shape == l.A.shape && l.Bc.shape == l.B.shape,
+                 "lora_linear: the compute copies of A and B must have A's and B's shapes and x's dtype");
+    ys.push_back(tape.output({n, b.out}, dt, "lora_linear", rg));
+    Tensor t = eng.empty({n, r}, dt);
+    keep.push_back(t);
+    ops::LoraBranchMember& m = members[g];
+    m.a = l.Ac; m.b = l.Bc; m.y = ys[g].t(); m.t = t; m.da = l.dA; m.db = l.dB;
+    m.out = b.out; m.scaling = l.scaling; m.stream = l.stream;
+  }
+  // y = x W^T (W dequantized into the shared workspace) beside dropout + lora_A, then y += s t B^T
+  GroupWeights ws(bases, dt, eng);
+  auto base = [&] {
+    for (size_t g = 0; g < G; ++g) {
+      ops::MatmulParams p;
+      p.m = n; p.n = bases[g].out; p.k = in; p.trans_b = true;
+      ops::matmul(ys[g].t(), x.t(), ws.get(g), p, eng);
+    }
+  };
+  const ops::LoraDownParams lp = lora_down_params(*loras[0], n, in);
+  ops::lora_branch_forward(x.t(), members, lp, eng, base);
+  if (!rg) return ys;
+  for (auto& m : members) m.y = TensorView{};  // the outputs are not read in backward
+  std::vector<GradRef> douts(ys.begin(), ys.end());
+  GradRef dx_ref = x;
+  tape.record("lora_linear", douts, [bases, members, keep, x, dx_ref, douts, lp, n, in, dt](BackwardCtx& g) {
+    Engine& e = g.engine();
+    const bool want_dx = g.needs(dx_ref);
+    std::vector<ops::LoraBranchMember> ms = members;
+    for (size_t i = 0; i < ms.size(); ++i) ms[i].dy = g.grad(douts[i]);
+    const TensorView dxv = want_dx ? g.grad(dx_ref) : TensorView{};
+    // dx (n, in) (= then +=) dy (n, out) @ W (out, in), W dequantized again (SPEC.md §1.8), while lora_up's
+    // pass over the same dy runs beside it; then the branches add to dx.
+    auto base = [&] {
+      if (!want_dx) return;
+      GroupWeights ws(bases, dt, e);
+      for (size_t i = 0; i < ms.size(); ++i) {
+        ops::MatmulParams p;
+        p.m = n; p.n = in; p.k = bases[i].out;
+        p.beta = g.mode(dx_ref) == Accum::kAdd ? 1.f : 0.f;
+        ops::matmul(dxv, ms[i].dy, ws.get(i), p, e);
+      }
+    };
+    ops::lora_branch_backward(dxv, Accum::kAdd, x.t(), ms, lp, e, base);
+  });
+  return ys;
+}
+
+Var lora_linear(Tape& tape, const Var& x, const FrozenLinear& base, const LoraBranch* lora) {
+  return lora_linear_group(tape, x, {base}, {lora})[0];
 }
 
 Var add(Tape& tape, const Var& a, const Var& b) {

@@ -3,6 +3,7 @@
 // tokens are rows: activations are (N, C) with N = B*T.
 #pragma once
 #include <functional>
+#include <vector>
 
 #include "autograd/tape.h"
 #include "ops/attention.h"
@@ -22,8 +23,9 @@ Var rmsnorm(Tape& tape, const Var& x, const Var& w, float eps);
 // y = x @ W^T (nn.Linear without bias). x (N, in); W (out, in) in x's dtype. dW (f32) when W is a param.
 Var linear(Tape& tape, const Var& x, const Var& w);
 // The frozen base of a linear layer: a dense (out, in) weight in x's dtype, or NF4 storage that forward and
-// backward dequantize into `dequant_ws` (>= out*in elements of x's dtype, shared by all layers: one weight is
-// resident in 16-bit form at a time, SPEC.md §1.8).
+// backward dequantize into `dequant_ws` (>= out*in elements of x's dtype, shared by all layers: one weight, or
+// with room for them one group's weights (lora_linear_group), is resident in 16-bit form at a time, SPEC.md
+// §1.8).
 struct FrozenLinear {
   TensorView dense;        // defined: dense base; else `nf4`
   ops::Nf4Weight nf4;      // views (no ownership): safe to capture by value
@@ -50,8 +52,18 @@ struct LoraBranch {
 // dB accumulate; dropout masks are regenerated in backward. When lora_fuses_down(in, r), the dropout is fused
 // into the down-projection (forward) and into the dA / dx pass (backward): x' is never stored; when
 // lora_fuses_up(out, r), B's product is added to y in one pass and dt / dB come from one pass over dy; with
-// both (and r = 4 or 16: ops::lora_down_fuses_up), the forward branch is one launch, the same bits.
+// both (and r = 4 or 16: ops::lora_branch_fusable), the branch is ops::lora_branch (below).
 Var lora_linear(Tape& tape, const Var& x, const FrozenLinear& base, const LoraBranch* lora);
+// Linear layers that share their input (q/k/v, gate/up; at most ops::kLoraMaxGroup): y_g = lora_linear(x,
+// bases[g], loras[g]). When every member's branch fuses in one pass (r = 4 or 16, within fuse_max_rank) with
+// one rank, dropout key and dtype, the branches run as one ops::lora_branch group (CUDA: one launch forward,
+// three backward for the group) and one node backpropagates the group: dx takes the members' base products in
+// member order, then their branches'. Otherwise each member is its own lora_linear. lora_linear itself is a
+// group of one. CUDA: the base products run beside the branches' first passes (Engine side stream 0), and when
+// the workspace holds all the group's NF4 weights, members 1.. are dequantized on side stream 1 beside member
+// 0's GEMM.
+std::vector<Var> lora_linear_group(Tape& tape, const Var& x, const std::vector<FrozenLinear>& bases,
+                                   const std::vector<const LoraBranch*>& loras);
 bool lora_fuses_down(int64_t in, int64_t r, int64_t max_rank = kLoraFuseMaxRank);
 bool lora_fuses_up(int64_t out, int64_t r, int64_t max_rank = kLoraFuseMaxRank);
 // out = a + b (residual add, one rounding).

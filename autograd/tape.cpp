@@ -67,8 +67,12 @@ bool Tape::any_requires_grad(std::initializer_list<GradRef> vs) const {
 }
 
 void Tape::record(const char* name, std::initializer_list<GradRef> outputs, BackwardFn fn) {
+  record(name, std::vector<GradRef>(outputs), std::move(fn));
+}
+
+void Tape::record(const char* name, std::vector<GradRef> outputs, BackwardFn fn) {
   if (!recording_) return;
-  nodes_.push_back(Node{name, std::vector<GradRef>(outputs), std::move(fn)});
+  nodes_.push_back(Node{name, std::move(outputs), std::move(fn)});
 }
 
 void Tape::backward(const GradRef& root, TensorView seed) {

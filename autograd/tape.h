@@ -115,6 +115,7 @@ class Tape {
 
   // Appends a node (no-op when not recording). `outputs`: the gradients it consumes.
   void record(const char* name, std::initializer_list<GradRef> outputs, BackwardFn fn);
+  void record(const char* name, std::vector<GradRef> outputs, BackwardFn fn);
 
   // Adds `seed` to d(root), then runs every node in reverse. The tape is empty afterwards.
   void backward(const GradRef& root, TensorView seed);

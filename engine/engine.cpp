@@ -25,14 +25,27 @@ Engine::Engine(EngineOptions opts) {
     CUDA_CHECK(cudaGetDeviceProperties(&props_, opts.device_ordinal));
     cuda_alloc_ = std::make_unique<CudaCachingAllocator>();
     stream_ = std::make_unique<Stream>();
+    for (int i = 0; i < kSideStreams; ++i) {
+      side_[i] = std::make_unique<Stream>();
+      fork_ev_[i] = std::make_unique<Event>(false);
+      join_ev_[i] = std::make_unique<Event>(false);
+    }
     blas_ = std::make_unique<CublasLt>(opts.cublas_workspace_bytes, *cuda_alloc_);
   }
 }
 
 Engine::~Engine() {
   comm_.reset();  // ncclCommAbort before the stream sync below, which an NCCL kernel could otherwise block
-  if (is_cuda()) cudaStreamSynchronize(stream());
+  if (is_cuda()) {
+    for (int i = 0; i < kSideStreams; ++i) cudaStreamSynchronize(side_stream(i));
+    cudaStreamSynchronize(stream());
+  }
   blas_.reset();
+  for (int i = 0; i < kSideStreams; ++i) {
+    join_ev_[i].reset();
+    fork_ev_[i].reset();
+    side_[i].reset();
+  }
   stream_.reset();
   cuda_alloc_.reset();
 }
@@ -69,6 +82,24 @@ void Engine::zero(TensorView t) {
   if (!t.defined() || t.nbytes() == 0) return;
   if (t.device == Device::kCPU) { std::memset(t.data, 0, t.nbytes()); return; }
   CUDA_CHECK(cudaMemsetAsync(t.data, 0, t.nbytes(), stream()));
+}
+
+cudaStream_t Engine::side_stream(int i) const {
+  ENGINE_CHECK(i >= 0 && i < kSideStreams, "side_stream: ", i, " is not one of the ", kSideStreams, " side streams");
+  return side_[i] ? side_[i]->get() : nullptr;
+}
+
+void Engine::fork(int i) {
+  ENGINE_CHECK(is_cuda(), "fork: side streams are CUDA-only");
+  const cudaStream_t s = side_stream(i);
+  fork_ev_[i]->record(stream());
+  CUDA_CHECK(cudaStreamWaitEvent(s, fork_ev_[i]->get(), 0));
+}
+
+void Engine::join(int i) {
+  ENGINE_CHECK(is_cuda(), "join: side streams are CUDA-only");
+  join_ev_[i]->record(side_stream(i));
+  CUDA_CHECK(cudaStreamWaitEvent(stream(), join_ev_[i]->get(), 0));
 }
 
 void Engine::synchronize() {

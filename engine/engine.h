@@ -36,6 +36,15 @@ class Engine {
   Device device() const { return device_; }
   bool is_cuda() const { return device_ == Device::kCUDA; }
   cudaStream_t stream() const { return stream_ ? stream_->get() : nullptr; }
+  // Side streams for independent work that overlaps the compute stream's: the LoRA branch's first pass beside
+  // the base GEMMs (0), the next NF4 dequantizations of a layer group beside its first GEMM (1).
+  // fork(i): side stream i waits for the compute stream's work so far; join(i): the compute stream waits for
+  // side stream i's. Memory a side stream uses must stay allocated until its join() (the caching allocator
+  // orders reuse on the compute stream only). CUDA only.
+  static constexpr int kSideStreams = 2;
+  cudaStream_t side_stream(int i = 0) const;
+  void fork(int i = 0);
+  void join(int i = 0);
   CublasLt& blas();
   Allocator& allocator() { return is_cuda() ? static_cast<Allocator&>(*cuda_alloc_) : host_alloc_; }
   HostAllocator& host_allocator() { return host_alloc_; }
@@ -62,7 +71,8 @@ class Engine {
   cudaDeviceProp props_{};
   HostAllocator host_alloc_;                           // declared first: destroyed last
   std::unique_ptr<CudaCachingAllocator> cuda_alloc_;
-  std::unique_ptr<Stream> stream_;
+  std::unique_ptr<Stream> stream_, side_[kSideStreams];
+  std::unique_ptr<Event> fork_ev_[kSideStreams], join_ev_[kSideStreams];
   std::unique_ptr<CublasLt> blas_;
   std::unique_ptr<Communicator> comm_;  // aborted first in ~Engine: a kernel stuck on a dead peer ends
 };

@@ -41,6 +41,14 @@ Tensor load_tensor(Engine& eng, const engine::SafetensorsCheckpoint& ck, const s
   return dst;
 }
 
+// The dequantize workspace: the largest group of linears that share an input (q/k/v or gate/up), so that a
+// group's weights are dequantized side by side (autograd::lora_linear_group); o and down fit in it too.
+int64_t dequant_group_elems(const Gemma2Config& c) {
+  const int64_t D = c.hidden_size, F = c.intermediate_size, H = c.num_attention_heads, KV = c.num_key_value_heads,
+                HD = c.head_dim;
+  return std::max({(H + 2 * KV) * HD * D, 2 * F * D, D * H * HD});
+}
+
 }  // namespace
 
 Batch make_batch(Engine& eng, int64_t B, int64_t T, const std::vector<int32_t>& ids,
@@ -141,7 +149,7 @@ Gemma2Model Gemma2Model::load(const std::string& dir, Engine& eng, const Gemma2O
     load_linear(L.down, pre + "mlp.down_proj.weight", "down_proj", D, F);
   }
   load(m.final_norm_, "model.norm.weight", {D}, true);
-  if (opts.quantize_nf4) m.dequant_ws_ = eng.empty({max_linear}, opts.compute_dtype);
+  if (opts.quantize_nf4) m.dequant_ws_ = eng.empty({std::max(max_linear, dequant_group_elems(cfg))}, opts.compute_dtype);
   if (n_dequantized > 0) {
     const std::string note = engine::str_cat(dir, ": bitsandbytes 4-bit checkpoint: ", n_dequantized, " NF4 linear ",
                                              "weights dequantized to ", engine::dtype_name(opts.compute_dtype),
@@ -199,7 +207,7 @@ Gemma2Model Gemma2Model::random(const Gemma2Config& cfg, Engine& eng, const Gemm
     }
   };
   // QLoRA: the dequant workspace doubles as the one dense weight being filled and quantized.
-  if (opts.quantize_nf4) m.dequant_ws_ = eng.empty({std::max({H * HD * D, KV * HD * D, F * D})}, opts.compute_dtype);
+  if (opts.quantize_nf4) m.dequant_ws_ = eng.empty({dequant_group_elems(cfg)}, opts.compute_dtype);
   auto linear = [&](Linear& l, const std::string& name, const char* target, int64_t out, int64_t in) {
     l.target = target;
     l.out = out;
@@ -261,32 +269,48 @@ engine::TensorView Gemma2Model::lora_compute_view(engine::TensorView master) con
   return v;
 }
 
-Var Gemma2Model::linear(Tape& tape, const Var& x, Linear& w, int64_t layer) {
-  if (w.dense.grad.defined()) return autograd::linear(tape, x, var(tape, w.dense));  // full fine-tuning
-  autograd::FrozenLinear base;
-  base.out = w.out;
-  base.in = w.in;
-  if (w.dense.value.defined()) {
-    base.dense = w.dense.value;
-  } else {
-    base.nf4 = w.nf4.view();
-    base.dequant_ws = dequant_ws_;
+Var Gemma2Model::linear(Tape& tape, const Var& x, Linear& w, int64_t layer) { return linears(tape, x, {&w}, layer)[0]; }
+
+std::vector<Var> Gemma2Model::linears(Tape& tape, const Var& x, std::initializer_list<Linear*> ws, int64_t layer) {
+  std::vector<Var> ys;
+  if ((*ws.begin())->dense.grad.defined()) {  // full fine-tuning
+    for (Linear* w : ws) ys.push_back(autograd::linear(tape, x, var(tape, w->dense)));
+    return ys;
   }
-  const LoraModule* m = lora_ ? lora_->find(layer, w.target) : nullptr;
-  if (m == nullptr) return autograd::lora_linear(tape, x, base, nullptr);
-  autograd::LoraBranch br;
-  br.A = m->A; br.B = m->B; br.dA = m->dA; br.dB = m->dB;
-  br.Ac = lora_compute_view(m->A);
-  br.Bc = lora_compute_view(m->B);
-  br.scaling = m->scaling;
-  br.dropout = train_ ? m->dropout : 0.f;  // nn.Dropout is the identity in eval mode
-  br.seed = dropout_seed_;
-  // A's initialisation drew from (init seed, m->stream): a tagged stream keeps the masks independent of it
-  // when both seeds are training.seed.
-  br.stream = m->stream ^ 0x64726f706f7574ull;  // "dropout"
-  br.offset = micro_step_ << 32;  // N*in < 2^32 elements per call: masks never overlap
-  br.fuse_max_rank = opts_.lora_fuse_max_rank;
-  return autograd::lora_linear(tape, x, base, &br);
+  std::vector<autograd::FrozenLinear> bases;
+  std::vector<autograd::LoraBranch> brs(ws.size());  // outlive the call; lora_linear_group copies them
+  std::vector<const autograd::LoraBranch*> loras;
+  for (Linear* w : ws) {
+    autograd::FrozenLinear base;
+    base.out = w->out;
+    base.in = w->in;
+    if (w->dense.value.defined()) {
+      base.dense = w->dense.value;
+    } else {
+      base.nf4 = w->nf4.view();
+      base.dequant_ws = dequant_ws_;
+    }
+    bases.push_back(base);
+    const LoraModule* m = lora_ ? lora_->find(layer, w->target) : nullptr;
+    if (m == nullptr) {
+      loras.push_back(nullptr);
+      continue;
+    }
+    autograd::LoraBranch& br = brs[loras.size()];
+    br.A = m->A; br.B = m->B; br.dA = m->dA; br.dB = m->dB;
+    br.Ac = lora_compute_view(m->A);
+    br.Bc = lora_compute_view(m->B);
+    br.scaling = m->scaling;
+    br.dropout = train_ ? m->dropout : 0.f;  // nn.Dropout is the identity in eval mode
+    br.seed = dropout_seed_;
+    // A's initialisation drew from (init seed, m->stream): a tagged stream keeps the masks independent of it
+    // when both seeds are training.seed.
+    br.stream = m->stream ^ 0x64726f706f7574ull;  // "dropout"
+    br.offset = micro_step_ << 32;  // N*in < 2^32 elements per call: masks never overlap
+    br.fuse_max_rank = opts_.lora_fuse_max_rank;
+    loras.push_back(&br);
+  }
+  return autograd::lora_linear_group(tape, x, bases, loras);
 }
 
 Var Gemma2Model::layer_forward(Tape& tape, const Var& h, int64_t i, const Batch& b) {
@@ -297,9 +321,8 @@ Var Gemma2Model::layer_forward(Tape& tape, const Var& h, int64_t i, const Batch&
   Var mask = b.key_mask.defined() ? tape.constant(b.key_mask, "key_mask") : Var();
 
   Var x = autograd::rmsnorm(tape, h, var(tape, L.input_norm), eps);
-  Var q = linear(tape, x, L.q, i);
-  Var k = linear(tape, x, L.k, i);
-  Var v = linear(tape, x, L.v, i);
+  const std::vector<Var> qkv = linears(tape, x, {&L.q, &L.k, &L.v}, i);
+  Var q = qkv[0], k = qkv[1], v = qkv[2];
   q = autograd::rope(tape, q, pos, c.num_attention_heads, c.head_dim, float(c.rope_theta));
   k = autograd::rope(tape, k, pos, c.num_key_value_heads, c.head_dim, float(c.rope_theta));
   ops::AttentionParams ap;
@@ -315,9 +338,8 @@ Var Gemma2Model::layer_tail(Tape& tape, const Var& h, const Var& attn, int64_t i
   Var o = linear(tape, attn, L.o, i);
   Var h1 = autograd::add(tape, h, autograd::rmsnorm(tape, o, var(tape, L.post_attn_norm), eps));
   Var x2 = autograd::rmsnorm(tape, h1, var(tape, L.pre_ff_norm), eps);
-  Var g = linear(tape, x2, L.gate, i);
-  Var u = linear(tape, x2, L.up, i);
-  Var d = linear(tape, autograd::geglu(tape, g, u), L.down, i);
+  const std::vector<Var> gu = linears(tape, x2, {&L.gate, &L.up}, i);
+  Var d = linear(tape, autograd::geglu(tape, gu[0], gu[1]), L.down, i);
   return autograd::add(tape, h1, autograd::rmsnorm(tape, d, var(tape, L.post_ff_norm), eps));
 }
 
@@ -423,9 +445,8 @@ Tensor Gemma2Model::forward_cached(const std::vector<int32_t>& ids, KvCache& cac
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) {  // layer_forward with the attention on the cache
     Layer& L = layers_[size_t(i)];
     Var x = autograd::rmsnorm(tape, h, var(tape, L.input_norm), eps);
-    Var q = linear(tape, x, L.q, i);
-    Var k = linear(tape, x, L.k, i);
-    Var v = linear(tape, x, L.v, i);
+    const std::vector<Var> qkv = linears(tape, x, {&L.q, &L.k, &L.v}, i);
+    Var q = qkv[0], k = qkv[1], v = qkv[2];
     q = autograd::rope(tape, q, vpos, H, HD, float(c.rope_theta));
     k = autograd::rope(tape, k, vpos, KV, HD, float(c.rope_theta));
     eng_->copy(cache.k[size_t(i)].view().slice_rows(p0, p0 + n), k.t());

@@ -133,6 +133,8 @@ class Gemma2Model {
     Linear q, k, v, o, gate, up, down;
   };
   Var linear(Tape& tape, const Var& x, Linear& w, int64_t layer);
+  // Linear layers that read the same x (q/k/v, gate/up): one autograd::lora_linear_group.
+  std::vector<Var> linears(Tape& tape, const Var& x, std::initializer_list<Linear*> ws, int64_t layer);
   Gemma2Model(Gemma2Config cfg, Engine& eng, Gemma2Options opts) : cfg_(std::move(cfg)), eng_(&eng), opts_(opts) {
     ENGINE_CHECK(opts_.checkpoint_layers >= -1 && opts_.checkpoint_layers <= cfg_.num_hidden_layers,
                  "checkpoint_layers must be -1 (all) or in [0, ", cfg_.num_hidden_layers,
@@ -151,7 +153,7 @@ class Gemma2Model {
   Gemma2Options opts_;
   Param embed_, final_norm_;
   std::vector<Layer> layers_;
-  Tensor dequant_ws_;                  // one dequantized weight at a time (QLoRA)
+  Tensor dequant_ws_;                  // one group's dequantized weights at a time (QLoRA)
   Tensor lora_compute_;                // the adapters' f32 parameters in the compute dtype, cast once per
                                        // forward (one kernel instead of two casts per linear)
   const LoraAdapters* lora_ = nullptr;

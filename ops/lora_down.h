@@ -24,10 +24,17 @@
 //   computed, with the same bits, so that a LoRA branch's forward is one launch: on CUDA each block adds its
 //   rows' t B^T to y right after summing them (lora_down_fuses_up(out, r): r = 4 or 16, out % 8 == 0; y and b
 //   8-element aligned); the CPU runs lora_up_forward after the down-projection.
+//   Groups (CUDA; ops/lora_branch.h uses them): up to kLoraMaxGroup adapters that share x (q/k/v, gate/up) in one
+//   launch per pass, each with its own A, t, dA, Philox stream and epilogue, and the same n, in, r, p, seed and
+//   offset. A block runs the members one after another, so each member's results have the bits of its own
+//   call, and dx takes the members' v in member order (as successive calls with Accum::kAdd). The group
+//   backward can take each member's dt as lora_up_backward_partials' sums and then finishes lora_up's dB in
+//   its reduce: a branch backward in three launches (ops/lora_up.h).
 // Tests: tests/ops/lora_down_cpu_test.cpp, lora_down_gpu_test.cpp   Bench: bench/ops/lora_down_bench.cpp
 #pragma once
 #include "ops/common.h"
 #include "ops/dropout.h"
+#include "ops/lora_up.h"
 
 namespace ops {
 
@@ -43,13 +50,7 @@ struct LoraDownParams {
 
 inline bool lora_down_fusable(int64_t in, int64_t r) { return r >= 1 && r <= kLoraDownMaxRank && in % 8 == 0; }
 
-// The forward's optional y += scaling * t B^T (ops::lora_up_forward's contract): y (n, out), b (out, r), both
-// in x's dtype.
-struct LoraUpEpilogue {
-  TensorView y, b;
-  int64_t out = 0;
-  float scaling = 1.f;
-};
+// The forward's optional y += scaling * t B^T is an ops::LoraUpEpilogue (ops/lora_up.h), in x's dtype.
 inline bool lora_down_fuses_up(int64_t out, int64_t r) { return (r == 4 || r == 16) && out % 8 == 0; }
 
 // The params of the dropout mask this op fuses (n*in elements of x viewed flat).
@@ -63,6 +64,16 @@ inline DropoutParams lora_down_dropout(const LoraDownParams& p) {
 int64_t lora_down_fwd_warps_per_row(int64_t n, int64_t in);
 int64_t lora_down_slabs(int64_t n);
 int64_t lora_down_workspace_elems(int64_t n, int64_t in, int64_t r);
+
+// One adapter of a group sharing x (CUDA group entry points below).
+struct LoraDownMember {
+  TensorView a;         // (r, in)
+  TensorView t;         // forward: t (n, r), written; backward: dt (n, r), read, unless `dt_from` is set
+  TensorView da;        // backward: (r, in) f32, +=
+  uint64_t stream = 0;  // this adapter's Philox stream (LoraDownParams::stream is not read)
+  LoraUpEpilogue up;    // forward: y += s t B^T when up.y is defined (all members or none)
+  const LoraUpPartials* dt_from = nullptr;  // backward: dt and dB from lora_up_backward_partials (all or none)
+};
 
 void lora_down_forward_check(TensorView t, TensorView x, TensorView a, const LoraDownParams& p,
                              const LoraUpEpilogue* up = nullptr);
@@ -81,6 +92,12 @@ void lora_down_forward(TensorView t, TensorView x, TensorView a, const LoraDownP
                        const LoraUpEpilogue* up = nullptr);
 void lora_down_backward(TensorView da, TensorView dx, Accum dx_mode, TensorView dt, TensorView x, TensorView a,
                         TensorView workspace, const LoraDownParams& p, cudaStream_t stream);
+// `count` (1..kLoraMaxGroup) members sharing x: one launch. The backward's workspace holds
+// count * lora_down_workspace_elems f32; it ends with one reduce launch for every member's dA (and dB).
+void lora_down_forward_group(TensorView x, const LoraDownMember* members, int count, const LoraDownParams& p,
+                             cudaStream_t stream);
+void lora_down_backward_group(TensorView dx, Accum dx_mode, TensorView x, const LoraDownMember* members, int count,
+                              TensorView workspace, const LoraDownParams& p, cudaStream_t stream);
 }  // namespace cuda
 
 inline void lora_down_forward(TensorView t, TensorView x, TensorView a, const LoraDownParams& p, Engine& eng,

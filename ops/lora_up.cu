@@ -34,43 +34,80 @@ __device__ __forceinline__ BBlock<T, R> load_b(const T* b, int64_t vec) {
   return bb;
 }
 
+// A forward member: y += s * t B^T over its n x out / 8 vectors, which start at flat index `begin`.
+template <typename T>
+struct UpFwdMember {
+  T* y;
+  const T* t;
+  const T* b;
+  int64_t out, begin;
+  float s;
+};
+template <typename T>
+struct UpFwdGroup {
+  UpFwdMember<T> m[kLoraMaxGroup];
+  int count;
+  int64_t total;
+};
+
 template <typename T, int R>
-__global__ void lora_up_fwd_kernel(T* __restrict__ y, const T* __restrict__ t, const T* __restrict__ b,
-                                   LoraUpParams p) {
-  const int64_t nv = p.out / kV, total = p.n * nv;
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t m = i / nv, v = i % nv;
+__global__ void lora_up_fwd_kernel(UpFwdGroup<T> grp) {
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < grp.total;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    int g = 0;
+    while (g + 1 < grp.count && i >= grp.m[g + 1].begin) ++g;
+    const UpFwdMember<T>& mb = grp.m[g];
+    const int64_t nv = mb.out / kV, m = (i - mb.begin) / nv, v = (i - mb.begin) % nv;
     float tr[R];
 #pragma unroll
-    for (int j = 0; j < R; ++j) tr[j] = to_f32(t[m * R + j]);
-    const BBlock<T, R> bb = load_b<T, R>(b, v);
-    Vec<T, kV>* yp = reinterpret_cast<Vec<T, kV>*>(y + m * p.out) + v;
+    for (int j = 0; j < R; ++j) tr[j] = to_f32(mb.t[m * R + j]);
+    const BBlock<T, R> bb = load_b<T, R>(mb.b, v);
+    Vec<T, kV>* yp = reinterpret_cast<Vec<T, kV>*>(mb.y + m * mb.out) + v;
     Vec<T, kV> yv = *yp;
 #pragma unroll
     for (int k = 0; k < kV; ++k) {
       float acc = 0.f;
 #pragma unroll
       for (int j = 0; j < R; ++j) acc = fmaf(tr[j], bb.at(k, j), acc);
-      yv.v[k] = from_f32<T>(fmaf(p.scaling, acc, to_f32(yv.v[k])));
+      yv.v[k] = from_f32<T>(fmaf(mb.s, acc, to_f32(yv.v[k])));
     }
     *yp = yv;
   }
 }
 
-// Block (x, y): columns [256 x, 256 x + 256), rows [y * slab_rows, ...).
-//   ws_dt[x][m][j] = sum over the block's columns of dy[m, c] b[c, j]
-//   ws_db[y][c][j] = sum over the slab's rows of dy[m, c] t[m, j]
+// One member of a backward group: its dy, t, b, workspace slices and its first column chunk in the grid.
+template <typename T>
+struct UpBwdMember {
+  float* ws_dt;
+  float* ws_db;
+  const T* dy;
+  const T* t;
+  const T* b;
+  int64_t out, chunk0;
+};
+template <typename T>
+struct UpBwdGroup {
+  UpBwdMember<T> m[kLoraMaxGroup];
+  int count;
+  int64_t n, slab_rows;
+};
+
+// Block (x, y): the member whose chunks hold x, its columns [256 cx, 256 cx + 256) (cx = x - chunk0), rows
+// [y * slab_rows, ...).
+//   ws_dt[cx][m][j] = sum over the block's columns of dy[m, c] b[c, j]
+//   ws_db[y][c][j]  = sum over the slab's rows of dy[m, c] t[m, j]
 template <typename T, int R>
-__global__ void __launch_bounds__(kThreads) lora_up_bwd_kernel(float* __restrict__ ws_dt, float* __restrict__ ws_db,
-                                                                const T* __restrict__ dy, const T* __restrict__ t,
-                                                                const T* __restrict__ b, LoraUpParams p,
-                                                                int64_t slab_rows) {
+__global__ void __launch_bounds__(kThreads) lora_up_bwd_kernel(UpBwdGroup<T> grp) {
   __shared__ float red[R * kV * 32];  // [j][k][lane]: conflict-free writes; column = 8 lane + k
+  int g = 0;
+  while (g + 1 < grp.count && int64_t(blockIdx.x) >= grp.m[g + 1].chunk0) ++g;
+  const UpBwdMember<T> mb = grp.m[g];
+  const int64_t cx = int64_t(blockIdx.x) - mb.chunk0, n = grp.n;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int64_t nv = p.out / kV, v = int64_t(blockIdx.x) * 32 + lane;
+  const int64_t nv = mb.out / kV, v = cx * 32 + lane;
   const bool active = v < nv;
   BBlock<T, R> bb;
-  if (active) bb = load_b<T, R>(b, v);
+  if (active) bb = load_b<T, R>(mb.b, v);
   else
 #pragma unroll
     for (int q = 0; q < R; ++q)
@@ -81,19 +118,19 @@ __global__ void __launch_bounds__(kThreads) lora_up_bwd_kernel(float* __restrict
   for (int k = 0; k < kV; ++k)
 #pragma unroll
     for (int j = 0; j < R; ++j) acc[k][j] = 0.f;
-  const int64_t m_begin = int64_t(blockIdx.y) * slab_rows;
-  const int64_t m_end = m_begin + slab_rows < p.n ? m_begin + slab_rows : p.n;
+  const int64_t m_begin = int64_t(blockIdx.y) * grp.slab_rows;
+  const int64_t m_end = m_begin + grp.slab_rows < n ? m_begin + grp.slab_rows : n;
 #pragma unroll 2
   for (int64_t m = m_begin + warp; m < m_end; m += kWarps) {
     float d[kV] = {};
     if (active) {
-      const Vec<T, kV> dv = reinterpret_cast<const Vec<T, kV>*>(dy + m * p.out)[v];
+      const Vec<T, kV> dv = reinterpret_cast<const Vec<T, kV>*>(mb.dy + m * mb.out)[v];
 #pragma unroll
       for (int k = 0; k < kV; ++k) d[k] = to_f32(dv.v[k]);
     }
     float tr[R];
 #pragma unroll
-    for (int j = 0; j < R; ++j) tr[j] = to_f32(t[m * R + j]);
+    for (int j = 0; j < R; ++j) tr[j] = to_f32(mb.t[m * R + j]);
     float part[R];
 #pragma unroll
     for (int j = 0; j < R; ++j) {
@@ -105,7 +142,7 @@ __global__ void __launch_bounds__(kThreads) lora_up_bwd_kernel(float* __restrict
       }
       part[j] = warp_sum(s);
     }
-    float* o = ws_dt + (int64_t(blockIdx.x) * p.n + m) * R;
+    float* o = mb.ws_dt + (cx * n + m) * R;
 #pragma unroll
     for (int j = 0; j < R; ++j)
       if (lane == j) o[j] = part[j];
@@ -123,10 +160,11 @@ __global__ void __launch_bounds__(kThreads) lora_up_bwd_kernel(float* __restrict
     }
     __syncthreads();
   }
-  const int64_t col0 = int64_t(blockIdx.x) * 32 * kV;
+  const int64_t col0 = cx * 32 * kV;
   for (int e = threadIdx.x; e < 32 * kV * R; e += kThreads) {  // e = (column - col0) * R + j
     const int cl = e / R, j = e % R;
-    if (col0 + cl < p.out) ws_db[(int64_t(blockIdx.y) * p.out + col0) * R + e] = red[(j * kV + cl % kV) * 32 + cl / kV];
+    if (col0 + cl < mb.out)
+      mb.ws_db[(int64_t(blockIdx.y) * mb.out + col0) * R + e] = red[(j * kV + cl % kV) * 32 + cl / kV];
   }
 }
 
@@ -176,14 +214,36 @@ void dispatch_rank(int64_t r, F f) {
 namespace cuda {
 
 void lora_up_forward(TensorView y, TensorView t, TensorView b, const LoraUpParams& p, cudaStream_t stream) {
-  lora_up_forward_check(y, t, b, p);
-  check_cuda(y, b, p, "lora_up_forward");
-  if (p.n == 0) return;
-  const int64_t total = p.n * (p.out / kV);
+  const LoraUpEpilogue m{y, b, p.out, p.scaling};
+  lora_up_forward_group(&m, &t, 1, p.n, p.r, stream);
+}
+
+void lora_up_forward_group(const LoraUpEpilogue* members, const TensorView* t, int count, int64_t n, int64_t r,
+                           cudaStream_t stream) {
+  ENGINE_CHECK(count >= 1 && count <= kLoraMaxGroup, "lora_up_forward: 1 to ", kLoraMaxGroup, " members, got ", count);
+  const DType dtype = members[0].y.dtype;
+  int64_t total = 0;
+  for (int g = 0; g < count; ++g) {
+    const LoraUpParams p{n, members[g].out, r, members[g].scaling};
+    lora_up_forward_check(members[g].y, t[g], members[g].b, p);
+    check_cuda(members[g].y, members[g].b, p, "lora_up_forward");
+    ENGINE_CHECK(members[g].y.dtype == dtype, "lora_up_forward: members of one dtype, got ", engine::dtype_name(dtype),
+                 " and ", members[g].y.str());
+    total += n * (members[g].out / kV);
+  }
+  if (total == 0) return;
   const unsigned grid = unsigned(std::min<int64_t>((total + kThreads - 1) / kThreads, 16 * int64_t(sm_count())));
-  OPS_DISPATCH_FLOAT(y.dtype, T, dispatch_rank(p.r, [&](auto rr) {
-    lora_up_fwd_kernel<T, decltype(rr)::value><<<grid, kThreads, 0, stream>>>(y.ptr<T>(), t.ptr<const T>(),
-                                                                             b.ptr<const T>(), p);
+  OPS_DISPATCH_FLOAT(dtype, T, dispatch_rank(r, [&](auto rr) {
+    UpFwdGroup<T> grp{};
+    grp.count = count;
+    grp.total = total;
+    int64_t begin = 0;
+    for (int g = 0; g < count; ++g) {
+      const LoraUpEpilogue& m = members[g];
+      grp.m[g] = UpFwdMember<T>{m.y.ptr<T>(), t[g].ptr<const T>(), m.b.ptr<const T>(), m.out, begin, m.scaling};
+      begin += n * (m.out / kV);
+    }
+    lora_up_fwd_kernel<T, decltype(rr)::value><<<grid, kThreads, 0, stream>>>(grp);
   }));
   CUDA_CHECK_LAST();
 }
@@ -191,24 +251,56 @@ void lora_up_forward(TensorView y, TensorView t, TensorView b, const LoraUpParam
 void lora_up_backward(TensorView dt, TensorView db, TensorView dy, TensorView t, TensorView b, TensorView workspace,
                       const LoraUpParams& p, cudaStream_t stream) {
   lora_up_backward_check(dt, db, dy, t, b, p);
-  check_cuda(dy, b, p, "lora_up_backward");
-  ENGINE_CHECK(db.dtype == DType::kF32, "lora_up_backward: dB must be f32 on CUDA, got ", db.str());
-  const int64_t need = lora_up_workspace_elems(p.n, p.out, p.r);
-  ENGINE_CHECK(workspace.defined() && workspace.dtype == DType::kF32 && workspace.numel() >= need,
-               "lora_up_backward: workspace must be f32 with >= ", need, " elements, got ", workspace.str());
   if (p.n == 0) return;
-  const int64_t chunks = lora_up_chunks(p.out), slabs = lora_up_slabs(p.n), slab_rows = (p.n + slabs - 1) / slabs;
-  float* ws_dt = workspace.ptr<float>();
-  float* ws_db = ws_dt + chunks * p.n * p.r;
-  const dim3 grid(static_cast<unsigned>(chunks), static_cast<unsigned>(slabs));
+  const LoraUpPartials m{dy, t, b, db, workspace, p.out, p.scaling};
+  lora_up_backward_partials(&m, 1, p.n, p.r, stream);
+  const int64_t chunks = lora_up_chunks(p.out), slabs = lora_up_slabs(p.n);
+  const float* ws_dt = workspace.ptr<float>();
+  const float* ws_db = ws_dt + chunks * p.n * p.r;
   const int64_t elems = (p.n + p.out) * p.r;
   const unsigned rgrid = unsigned(std::min<int64_t>((elems + 255) / 256, 1024));
-  OPS_DISPATCH_FLOAT(dy.dtype, T, dispatch_rank(p.r, [&](auto rr) {
-    lora_up_bwd_kernel<T, decltype(rr)::value><<<grid, kThreads, 0, stream>>>(ws_dt, ws_db, dy.ptr<const T>(),
-                                                                             t.ptr<const T>(), b.ptr<const T>(), p,
-                                                                             slab_rows);
-    CUDA_CHECK_LAST();
+  OPS_DISPATCH_FLOAT(dy.dtype, T, {
     lora_up_reduce_kernel<T><<<rgrid, 256, 0, stream>>>(dt.ptr<T>(), db.ptr<float>(), ws_dt, ws_db, p, chunks, slabs);
+  });
+  CUDA_CHECK_LAST();
+}
+
+void lora_up_backward_partials(const LoraUpPartials* members, int count, int64_t n, int64_t r, cudaStream_t stream) {
+  ENGINE_CHECK(count >= 1 && count <= kLoraMaxGroup, "lora_up_backward_partials: 1 to ", kLoraMaxGroup,
+               " members, got ", count);
+  const DType dtype = members[0].dy.dtype;
+  int64_t chunks = 0;
+  for (int g = 0; g < count; ++g) {
+    const LoraUpPartials& m = members[g];
+    const LoraUpParams p{n, m.out, r, m.scaling};
+    TensorView dt_shape = m.t;  // dt has t's shape and dtype; only the checks read it
+    lora_up_backward_check(dt_shape, m.db, m.dy, m.t, m.b, p);
+    check_cuda(m.dy, m.b, p, "lora_up_backward");
+    ENGINE_CHECK(m.dy.dtype == dtype, "lora_up_backward_partials: members of one dtype, got ",
+                 engine::dtype_name(dtype), " and ", m.dy.str());
+    ENGINE_CHECK(m.db.dtype == DType::kF32, "lora_up_backward: dB must be f32 on CUDA, got ", m.db.str());
+    const int64_t need = lora_up_workspace_elems(n, m.out, r);
+    ENGINE_CHECK(m.workspace.defined() && m.workspace.dtype == DType::kF32 && m.workspace.numel() >= need,
+                 "lora_up_backward: workspace must be f32 with >= ", need, " elements, got ", m.workspace.str());
+    chunks += lora_up_chunks(m.out);
+  }
+  if (n == 0) return;
+  const int64_t slabs = lora_up_slabs(n);
+  const dim3 grid(static_cast<unsigned>(chunks), static_cast<unsigned>(slabs));
+  OPS_DISPATCH_FLOAT(dtype, T, dispatch_rank(r, [&](auto rr) {
+    UpBwdGroup<T> grp{};
+    grp.count = count;
+    grp.n = n;
+    grp.slab_rows = (n + slabs - 1) / slabs;
+    int64_t chunk0 = 0;
+    for (int g = 0; g < count; ++g) {
+      const LoraUpPartials& m = members[g];
+      float* ws = m.workspace.ptr<float>();
+      grp.m[g] = UpBwdMember<T>{ws, ws + lora_up_chunks(m.out) * n * r, m.dy.ptr<const T>(), m.t.ptr<const T>(),
+                                m.b.ptr<const T>(), m.out, chunk0};
+      chunk0 += lora_up_chunks(m.out);
+    }
+    lora_up_bwd_kernel<T, decltype(rr)::value><<<grid, kThreads, 0, stream>>>(grp);
   }));
   CUDA_CHECK_LAST();
 }

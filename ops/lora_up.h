@@ -33,6 +33,26 @@ inline int64_t lora_up_chunks(int64_t out) { return (out + 255) / 256; }
 int64_t lora_up_slabs(int64_t n);
 int64_t lora_up_workspace_elems(int64_t n, int64_t out, int64_t r);  // chunks*n*r + slabs*out*r
 
+// A LoRA branch backward in three launches (ops/lora_branch.h) splits lora_up_backward: its first pass, for up
+// to kLoraMaxGroup outputs of one launch, leaves each member's dt and dB as the partial sums above (in
+// `workspace`, lora_up_workspace_elems f32); ops/lora_down.h's group backward sums dt's chunks in chunk order
+// (rounded as here) and dB's slabs in slab order: the same bits as lora_up_backward. CUDA only.
+constexpr int kLoraMaxGroup = 3;
+
+// y += scaling * t B^T: one forward member (and ops/lora_down.h's forward epilogue); y (n, out), b (out, r).
+struct LoraUpEpilogue {
+  TensorView y, b;
+  int64_t out = 0;
+  float scaling = 1.f;
+};
+struct LoraUpPartials {
+  TensorView dy, t, b;   // (n, out), (n, r), (out, r), in one dtype
+  TensorView db;         // (out, r) f32: += scaling * sum, by the finishing pass
+  TensorView workspace;  // lora_up_workspace_elems(n, out, r) f32
+  int64_t out = 0;
+  float scaling = 1.f;
+};
+
 void lora_up_forward_check(TensorView y, TensorView t, TensorView b, const LoraUpParams& p);
 void lora_up_backward_check(TensorView dt, TensorView db, TensorView dy, TensorView t, TensorView b,
                             const LoraUpParams& p);
@@ -46,6 +66,11 @@ namespace cuda {
 void lora_up_forward(TensorView y, TensorView t, TensorView b, const LoraUpParams& p, cudaStream_t stream);
 void lora_up_backward(TensorView dt, TensorView db, TensorView dy, TensorView t, TensorView b, TensorView workspace,
                       const LoraUpParams& p, cudaStream_t stream);
+// The forward for `count` members (1..kLoraMaxGroup) of n rows and rank r, member g reading t[g], one launch.
+void lora_up_forward_group(const LoraUpEpilogue* members, const TensorView* t, int count, int64_t n, int64_t r,
+                           cudaStream_t stream);
+// The backward's first pass for `count` members (1..kLoraMaxGroup) of n rows and rank r, one launch.
+void lora_up_backward_partials(const LoraUpPartials* members, int count, int64_t n, int64_t r, cudaStream_t stream);
 }  // namespace cuda
 
 inline void lora_up_forward(TensorView y, TensorView t, TensorView b, const LoraUpParams& p, Engine& eng) {

@@ -53,27 +53,6 @@ void BM_LoraDownBackward(benchmark::State& state) {
   bench::report_bytes(state, 2.0 * (3.0 * p.n * p.in + p.r * p.in + p.n * p.r) + 4.0 * (2 * slabs + 2) * p.r * p.in);
 }
 
-// A LoRA branch's forward: args (n, in, r, out, fused): fused = 1 is lora_down_forward with the up epilogue
-// (one launch), 0 the two launches it replaces (lora_down_forward, then lora_up_forward).
-void BM_LoraBranchForward(benchmark::State& state) {
-  if (!bench::require_cuda(state)) return;
-  Engine eng;
-  const Inputs in = inputs(state, eng);
-  const ops::LoraDownParams& p = in.p;
-  const int64_t out = state.range(3);
-  Tensor t = eng.empty({p.n, p.r}, DType::kBF16), y = bench::random_tensor(eng, {p.n, out}, DType::kBF16, 3);
-  Tensor b = bench::random_tensor(eng, {out, p.r}, DType::kBF16, 4, 0.05);
-  const ops::LoraUpEpilogue up{y, b, out, 2.f};
-  if (state.range(4))
-    time_loop(state, eng, [&] { ops::cuda::lora_down_forward(t, in.x, in.a, p, eng.stream(), &up); });
-  else
-    time_loop(state, eng, [&] {
-      ops::cuda::lora_down_forward(t, in.x, in.a, p, eng.stream());
-      ops::cuda::lora_up_forward(y, t, b, {p.n, out, p.r, 2.f}, eng.stream());
-    });
-  bench::report_bytes(state, 2.0 * (p.n * p.in + 2.0 * p.n * out));
-}
-
 void shapes(benchmark::internal::Benchmark* b) {
   for (int64_t n : {512, 4096})
     for (int64_t in : {2304, 9216})
@@ -84,9 +63,3 @@ void shapes(benchmark::internal::Benchmark* b) {
 
 BENCHMARK(BM_LoraDownForward)->Apply(shapes)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_LoraDownBackward)->Apply(shapes)->UseManualTime()->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_LoraBranchForward)
-    ->ArgsProduct({{512, 4096}, {2304}, {4}, {2048, 9216}, {0, 1}})
-    ->Args({512, 9216, 4, 2304, 0})
-    ->Args({512, 9216, 4, 2304, 1})
-    ->UseManualTime()
-    ->Unit(benchmark::kMicrosecond);

@@ -120,4 +120,62 @@ TEST(LoraLinearCpu, MisalignedAdapterViewsTakeTheGemmPath) {
   EXPECT_CLOSE(gemm.db, fused.db, (Tol{1e-12, 1e-10}));
 }
 
+// A q/k/v-like group (three outputs of one x, each with its own adapter, stream and scaling) through
+// lora_linear_group's grouped branch (ops::lora_branch, r = 4) against each member alone on the GEMM path
+// (fuse_max_rank = 0): the outputs, dx (the sum of all members' contributions) and every dA / dB.
+TEST(LoraLinearCpu, GroupMatchesItsMembersOnTheGemmPath) {
+  const std::vector<int64_t> outs = {16, 8, 8};
+  const int64_t r = 4;
+  auto run_group = [&](bool grouped) {
+    Engine eng({engine::Backend::kCPU});
+    Tape tape(eng);
+    Var x = tape.leaf(filled(eng, {kN, kIn}, random_normal(kN * kIn, 1)), "x");
+    std::vector<autograd::FrozenLinear> bases(outs.size());
+    std::vector<autograd::LoraBranch> lbs(outs.size());
+    std::vector<Tensor> keep;
+    for (size_t g = 0; g < outs.size(); ++g) {
+      const int64_t out = outs[g], s = int64_t(10 * g);
+      Tensor w = filled(eng, {out, kIn}, random_normal(out * kIn, 2 + s));
+      Tensor at = filled(eng, {r, kIn}, random_normal(r * kIn, 3 + s, 0.2));
+      Tensor bt = filled(eng, {out, r}, random_normal(out * r, 4 + s, 0.2));
+      Tensor da = filled(eng, {r, kIn}, std::vector<double>(size_t(r * kIn), 0.0));
+      Tensor db = filled(eng, {out, r}, std::vector<double>(size_t(out * r), 0.0));
+      keep.insert(keep.end(), {w, at, bt, da, db});
+      bases[g].dense = w; bases[g].out = out; bases[g].in = kIn;
+      autograd::LoraBranch& lb = lbs[g];
+      lb.A = at; lb.B = bt; lb.dA = da; lb.dB = db; lb.Ac = at; lb.Bc = bt;
+      lb.scaling = 0.5f + float(g); lb.dropout = 0.3f; lb.seed = 7; lb.stream = 2 + g; lb.offset = 16;
+      lb.fuse_max_rank = grouped ? autograd::kLoraFuseMaxRank : 0;
+    }
+    std::vector<Var> ys;
+    if (grouped) {
+      ys = autograd::lora_linear_group(tape, x, bases, {&lbs[0], &lbs[1], &lbs[2]});
+    } else {
+      for (size_t g = 0; g < outs.size(); ++g) ys.push_back(autograd::lora_linear(tape, x, bases[g], &lbs[g]));
+    }
+    // One node for the group (the grouped branch ran), one per member otherwise.
+    EXPECT_EQ(tape.num_nodes(), grouped ? 1u : outs.size());
+    // loss = sum_g <dy_g, y_g>: each output's gradient is set directly, then one backward runs every node.
+    std::vector<std::vector<double>> res;
+    for (size_t g = 0; g < outs.size(); ++g) res.push_back(values(ys[g].t()));
+    for (size_t g = 0; g < outs.size(); ++g) {
+      ys[g].gref().slot()->grad = filled(eng, {kN, outs[g]}, random_normal(kN * outs[g], 50 + g));
+      ys[g].gref().slot()->written = true;
+    }
+    tape.backward(ys[0], filled(eng, {kN, outs[0]}, std::vector<double>(size_t(kN * outs[0]), 0.0)));
+    res.push_back(values(x.gref().slot()->grad));
+    for (auto& lb : lbs) {
+      res.push_back(values(lb.dA));
+      res.push_back(values(lb.dB));
+    }
+    return res;
+  };
+  const auto grouped = run_group(true), gemm = run_group(false);
+  ASSERT_EQ(grouped.size(), gemm.size());
+  for (size_t i = 0; i < grouped.size(); ++i) {
+    SCOPED_TRACE("result " + std::to_string(i));
+    EXPECT_CLOSE(grouped[i], gemm[i], (Tol{1e-12, 1e-10}));
+  }
+}
+
 }  // namespace
