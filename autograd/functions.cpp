@@ -83,17 +83,14 @@ Var linear(Tape& tape, const Var& x, const Var& w) {
 }
 
 namespace {
-// The base weight as a dense (out, in) view: the dense weight itself, or NF4 dequantized into the workspace.
-TensorView base_weight(const FrozenLinear& b, DType dtype, Engine& eng) {
+// The base weight of a single linear as a dense (out, in) view: the dense weight itself, or NF4 dequantized by its
+// stage.
+TensorView base_weight(const FrozenLinear& b, DType dtype) {
   if (b.dense.defined()) return b.dense;
-  ENGINE_CHECK(b.nf4.packed.defined() && b.dequant_ws.defined() && b.dequant_ws.dtype == dtype &&
-                   b.dequant_ws.numel() >= b.out * b.in,
-               "lora_linear: NF4 base needs a ", engine::dtype_name(dtype), " workspace of ", b.out * b.in,
-               " elements, got ", b.dequant_ws.str());
-  TensorView w = b.dequant_ws;
-  w.shape = {b.out, b.in};
-  ops::nf4_dequantize(w, b.nf4, eng);
-  return w;
+  ENGINE_CHECK(b.nf4.packed.defined() && b.stage != nullptr && b.stage->dtype() == dtype,
+               "lora_linear: an NF4 base needs a DequantStage of x's dtype ", engine::dtype_name(dtype));
+  b.stage->begin({b});
+  return b.stage->weight(0);
 }
 ops::LoraDownParams lora_down_params(const LoraBranch& l, int64_t n, int64_t in) {
   ops::LoraDownParams p;
@@ -107,6 +104,96 @@ Tensor fused_workspace(const TensorView& like, int64_t elems, Engine& eng) {
   return eng.empty({elems}, DType::kF32);
 }
 }  // namespace
+
+DequantStage::~DequantStage() {
+  if (pending_) eng_.join(1);
+}
+
+bool DequantStage::fits(const std::vector<FrozenLinear>& group) const {
+  int64_t total = 0;
+  for (const FrozenLinear& b : group) {
+    if (b.dense.defined() || b.stage != this) return false;
+    total += b.out * b.in;
+  }
+  return total <= ws_.numel();
+}
+
+bool DequantStage::resident(const std::vector<FrozenLinear>& group) const {
+  if (group.size() != resident_.size()) return false;
+  for (size_t g = 0; g < group.size(); ++g)
+    if (group[g].nf4.packed.data != resident_[g]) return false;
+  return true;
+}
+
+TensorView DequantStage::slice(size_t g) const {
+  int64_t off = 0;
+  for (size_t h = 0; h < g; ++h) off += group_[h].out * group_[h].in;
+  TensorView w = ws_;
+  w.data = static_cast<char*>(w.data) + size_t(off) * engine::dtype_size(w.dtype);
+  w.shape = {group_[g].out, group_[g].in};
+  return w;
+}
+
+void DequantStage::join() {
+  if (!pending_) return;
+  eng_.join(1);
+  pending_ = false;
+}
+
+void DequantStage::prefetch(const std::vector<FrozenLinear>& group) {
+  if (!eng_.is_cuda() || group.empty() || !fits(group) || resident(group)) return;
+  group_ = group;
+  resident_.clear();
+  for (const FrozenLinear& b : group) resident_.push_back(b.nf4.packed.data);
+  eng_.fork(1);  // after the compute stream's work so far: the workspace's earlier readers are done
+  for (size_t g = 0; g < group.size(); ++g) ops::cuda::nf4_dequantize(slice(g), group[g].nf4, eng_.side_stream(1));
+  pending_ = true;
+  member0_ = sequential_ = false;
+}
+
+void DequantStage::begin(const std::vector<FrozenLinear>& group) {
+  ENGINE_CHECK(!group.empty(), "DequantStage::begin: an empty group");
+  if (resident(group)) {  // prefetched, or still there from the last use
+    group_ = group;
+    sequential_ = member0_ = false;
+    return;
+  }
+  join();  // a hint that turned out wrong may still be writing the workspace
+  group_ = group;
+  resident_.clear();
+  sequential_ = !fits(group);
+  if (sequential_) return;
+  for (const FrozenLinear& b : group) resident_.push_back(b.nf4.packed.data);
+  member0_ = true;
+  if (eng_.is_cuda() && group.size() > 1) {  // members 1.. beside member 0's dequantize and GEMM
+    eng_.fork(1);
+    for (size_t g = 1; g < group.size(); ++g) ops::cuda::nf4_dequantize(slice(g), group[g].nf4, eng_.side_stream(1));
+    pending_ = true;
+  } else {
+    for (size_t g = 1; g < group.size(); ++g) ops::nf4_dequantize(slice(g), group[g].nf4, eng_);
+  }
+}
+
+TensorView DequantStage::weight(size_t g) {
+  ENGINE_CHECK(g < group_.size(), "DequantStage::weight: member ", g, " of a group of ", group_.size());
+  const FrozenLinear& b = group_[g];
+  ENGINE_CHECK(ws_.defined() && ws_.numel() >= b.out * b.in,
+               "lora_linear: the NF4 workspace ", ws_.str(), " must hold ", b.out * b.in, " elements");
+  if (sequential_) {
+    TensorView w = ws_;
+    w.shape = {b.out, b.in};
+    ops::nf4_dequantize(w, b.nf4, eng_);
+    resident_.clear();
+    return w;
+  }
+  if (g == 0 && member0_) {  // members 1.. may still be on side stream 1: no join yet
+    ops::nf4_dequantize(slice(0), b.nf4, eng_);
+    member0_ = false;
+    return slice(0);
+  }
+  join();
+  return slice(g);
+}
 
 bool lora_fuses_down(int64_t in, int64_t r, int64_t max_rank) { return r <= max_rank && ops::lora_down_fusable(in, r); }
 bool lora_fuses_up(int64_t out, int64_t r, int64_t max_rank) { return r <= max_rank && ops::lora_up_fusable(out, r); }
@@ -127,7 +214,7 @@ Var lora_linear_single(Tape& tape, const Var& x, const FrozenLinear& base, const
   Var y = tape.output({n, out_f}, dt, "lora_linear", rg);
   ops::MatmulParams p;
   p.m = n; p.n = out_f; p.k = in; p.trans_b = true;
-  ops::matmul(y.t(), x.t(), base_weight(base, dt, eng), p, eng);
+  ops::matmul(y.t(), x.t(), base_weight(base, dt), p, eng);
   Tensor ac, bc, t;  // A and B in x's dtype; t = dropout(x) A^T (n, r)
   if (lora != nullptr) {
     const int64_t r = lora->A.shape[0];
@@ -176,7 +263,7 @@ Var lora_linear_single(Tape& tape, const Var& x, const FrozenLinear& base, const
         ops::MatmulParams p;
         p.m = n; p.n = in; p.k = out_f;
         p.beta = g.mode(dx_ref) == Accum::kAdd ? 1.f : 0.f;
-        ops::matmul(g.grad(dx_ref), dy, base_weight(b, dt, e), p, e);
+        ops::matmul(g.grad(dx_ref), dy, base_weight(b, dt), p, e);
       }
       if (!has_lora) return;
       const int64_t r = lb.A.shape[0];
@@ -224,54 +311,27 @@ Var lora_linear_single(Tape& tape, const Var& x, const FrozenLinear& base, const
   }
   return y;
 }
-// A group's base weights for its GEMMs, in member order. NF4 members on CUDA whose dequantized weights all fit
-// the shared workspace get consecutive slices of it: members 1.. are dequantized on side stream 1 as soon as
-// the group starts, beside member 0's dequantize and GEMM (get(1) joins them); otherwise each member is
-// dequantized into the workspace's start right before its GEMM (one weight resident at a time).
+// A group's dense base weights in member order: the dense weights, or the stage's.
 class GroupWeights {
  public:
-  GroupWeights(const std::vector<FrozenLinear>& bases, DType dt, Engine& eng) : bases_(bases), dt_(dt), eng_(eng) {
-    int64_t total = 0;
-    bool nf4 = eng.is_cuda() && bases.size() > 1;
-    for (const FrozenLinear& b : bases) {
-      nf4 = nf4 && !b.dense.defined() && b.dequant_ws.defined() && b.dequant_ws.dtype == dt;
-      total += b.out * b.in;
-    }
-    if (!nf4 || bases[0].dequant_ws.numel() < total) return;
-    int64_t off = 0;
-    for (const FrozenLinear& b : bases) {
-      TensorView w = b.dequant_ws;
-      w.data = static_cast<char*>(w.data) + size_t(off) * engine::dtype_size(dt);
-      w.shape = {b.out, b.in};
-      slices_.push_back(w);
-      off += b.out * b.in;
-    }
-    eng.fork(1);  // the slices' last readers (earlier GEMMs) are on the compute stream, before this point
-    for (size_t g = 1; g < bases.size(); ++g) ops::cuda::nf4_dequantize(slices_[g], bases[g].nf4, eng.side_stream(1));
-    pending_ = true;
+  GroupWeights(const std::vector<FrozenLinear>& bases, DType dtype) : bases_(bases) {
+    stage_ = bases.empty() || bases[0].dense.defined() ? nullptr : bases[0].stage;
+    for (const FrozenLinear& b : bases)
+      ENGINE_CHECK(b.dense.defined() ? stage_ == nullptr
+                                     : stage_ != nullptr && b.stage == stage_ && stage_->dtype() == dtype,
+                   "lora_linear_group: members must all be dense or all NF4 with one DequantStage of x's dtype");
+    if (stage_ != nullptr) stage_->begin(bases);
   }
-  ~GroupWeights() { if (pending_) eng_.join(1); }
-  GroupWeights(const GroupWeights&) = delete;
-  GroupWeights& operator=(const GroupWeights&) = delete;
-
-  TensorView get(size_t g) {
-    if (slices_.empty()) return base_weight(bases_[g], dt_, eng_);
-    if (g == 0) {
-      ops::nf4_dequantize(slices_[0], bases_[0].nf4, eng_);
-    } else if (pending_) {
-      eng_.join(1);
-      pending_ = false;
-    }
-    return slices_[g];
-  }
+  TensorView get(size_t g) { return stage_ ? stage_->weight(g) : bases_[g].dense; }
 
  private:
   const std::vector<FrozenLinear>& bases_;
-  DType dt_;
-  Engine& eng_;
-  std::vector<TensorView> slices_;
-  bool pending_ = false;
+  DequantStage* stage_ = nullptr;
 };
+
+void prefetch(const std::vector<FrozenLinear>& group) {
+  if (!group.empty() && !group[0].dense.defined() && group[0].stage != nullptr) group[0].stage->prefetch(group);
+}
 
 // The group's branches go through ops::lora_branch when every member has one that fuses in one pass, with one
 // rank, dropout key and dtype, and aligned views; otherwise each member is its own lora_linear_single.
@@ -295,7 +355,8 @@ bool branches_group(const Var& x, const std::vector<FrozenLinear>& bases, const 
 }  // namespace
 
 std::vector<Var> lora_linear_group(Tape& tape, const Var& x, const std::vector<FrozenLinear>& bases,
-                                   const std::vector<const LoraBranch*>& loras) {
+                                   const std::vector<const LoraBranch*>& loras, const std::vector<FrozenLinear>& next,
+                                   const std::vector<FrozenLinear>& prev) {
   ENGINE_CHECK(!bases.empty() && bases.size() == loras.size() && int(bases.size()) <= ops::kLoraMaxGroup,
                "lora_linear_group: 1 to ", ops::kLoraMaxGroup, " members with one branch slot each, got ",
                bases.size(), " bases and ", loras.size(), " branches");
@@ -303,6 +364,7 @@ std::vector<Var> lora_linear_group(Tape& tape, const Var& x, const std::vector<F
   std::vector<Var> ys;
   if (!branches_group(x, bases, loras)) {
     for (size_t g = 0; g < G; ++g) ys.push_back(lora_linear_single(tape, x, bases[g], loras[g]));
+    prefetch(next);
     return ys;
   }
   Engine& eng = tape.engine();
@@ -325,7 +387,7 @@ std::vector<Var> lora_linear_group(Tape& tape, const Var& x, const std::vector<F
     m.out = b.out; m.scaling = l.scaling; m.stream = l.stream;
   }
   // y = x W^T (W dequantized into the shared workspace) beside dropout + lora_A, then y += s t B^T
-  GroupWeights ws(bases, dt, eng);
+  GroupWeights ws(bases, dt);
   auto base = [&] {
     for (size_t g = 0; g < G; ++g) {
       ops::MatmulParams p;
@@ -335,11 +397,12 @@ std::vector<Var> lora_linear_group(Tape& tape, const Var& x, const std::vector<F
   };
   const ops::LoraDownParams lp = lora_down_params(*loras[0], n, in);
   ops::lora_branch_forward(x.t(), members, lp, eng, base);
+  prefetch(next);
   if (!rg) return ys;
   for (auto& m : members) m.y = TensorView{};  // the outputs are not read in backward
   std::vector<GradRef> douts(ys.begin(), ys.end());
   GradRef dx_ref = x;
-  tape.record("lora_linear", douts, [bases, members, keep, x, dx_ref, douts, lp, n, in, dt](BackwardCtx& g) {
+  tape.record("lora_linear", douts, [bases, prev, members, keep, x, dx_ref, douts, lp, n, in, dt](BackwardCtx& g) {
     Engine& e = g.engine();
     const bool want_dx = g.needs(dx_ref);
     std::vector<ops::LoraBranchMember> ms = members;
@@ -349,7 +412,7 @@ std::vector<Var> lora_linear_group(Tape& tape, const Var& x, const std::vector<F
     // pass over the same dy runs beside it; then the branches add to dx.
     auto base = [&] {
       if (!want_dx) return;
-      GroupWeights ws(bases, dt, e);
+      GroupWeights ws(bases, dt);
       for (size_t i = 0; i < ms.size(); ++i) {
         ops::MatmulParams p;
         p.m = n; p.n = in; p.k = bases[i].out;
@@ -358,6 +421,7 @@ std::vector<Var> lora_linear_group(Tape& tape, const Var& x, const std::vector<F
       }
     };
     ops::lora_branch_backward(dxv, Accum::kAdd, x.t(), ms, lp, e, base);
+    prefetch(prev);
   });
   return ys;
 }

@@ -23,15 +23,51 @@ Var rmsnorm(Tape& tape, const Var& x, const Var& w, float eps);
 // y = x @ W^T (nn.Linear without bias). x (N, in); W (out, in) in x's dtype. dW (f32) when W is a param.
 Var linear(Tape& tape, const Var& x, const Var& w);
 // The frozen base of a linear layer: a dense (out, in) weight in x's dtype, or NF4 storage that forward and
-// backward dequantize into `dequant_ws` (>= out*in elements of x's dtype, shared by all layers: one weight, or
-// with room for them one group's weights (lora_linear_group), is resident in 16-bit form at a time, SPEC.md
-// §1.8).
+// backward dequantize into a DequantStage's workspace (SPEC.md §1.8).
+class DequantStage;
 struct FrozenLinear {
   TensorView dense;        // defined: dense base; else `nf4`
   ops::Nf4Weight nf4;      // views (no ownership): safe to capture by value
-  TensorView dequant_ws;
+  DequantStage* stage = nullptr;  // NF4: where it is dequantized (outlives the tape)
   int64_t out = 0, in = 0;
 };
+
+// The 16-bit workspace that NF4 base weights are dequantized into, shared by all layers, and the record of
+// what it holds: one group of linears that share an input (lora_linear_group; q/k/v, gate/up, or one linear)
+// at a time, from its start, so one group's weights are resident in 16-bit form at a time. On CUDA:
+//   - a group is dequantized on the engine's side stream 1 when there is other work to overlap: prefetch(g)
+//     (the caller's hint for the group needed next, issued after the current group's GEMMs), or members 1..
+//     of a group that was not prefetched, beside member 0's dequantize and GEMM on the compute stream;
+//   - side stream 1 starts after the compute stream's work so far (the earlier readers of the workspace), and
+//     the compute stream joins it before it reads or writes the workspace again.
+// The record is host state in program order: a hint that turns out wrong costs a dequantize, never a wrong
+// weight. A group that does not fit, and the CPU backend, dequantize each weight right before its GEMM.
+class DequantStage {
+ public:
+  DequantStage(TensorView ws, Engine& eng) : ws_(ws), eng_(eng) {}
+  DequantStage(const DequantStage&) = delete;
+  DequantStage& operator=(const DequantStage&) = delete;
+  ~DequantStage();
+  void prefetch(const std::vector<FrozenLinear>& group);
+  // Before a group's GEMMs: begin(group), then weight(g) right before member g's GEMM.
+  void begin(const std::vector<FrozenLinear>& group);
+  TensorView weight(size_t g);
+  DType dtype() const { return ws_.dtype; }
+
+ private:
+  bool fits(const std::vector<FrozenLinear>& group) const;
+  bool resident(const std::vector<FrozenLinear>& group) const;
+  TensorView slice(size_t g) const;
+  void join();
+  TensorView ws_;
+  Engine& eng_;
+  std::vector<FrozenLinear> group_;   // the group begin() took (or that is resident)
+  std::vector<const void*> resident_; // packed NF4 data of the weights in the workspace, in slice order
+  bool pending_ = false;              // side stream 1 writes the workspace, not joined yet
+  bool member0_ = false;              // member 0 of group_ still to dequantize on the compute stream
+  bool sequential_ = false;           // group_ does not fit: each weight at the workspace's start
+};
+
 // lora_linear takes the fused kernels (ops/lora_down.h, ops/lora_up.h) up to this rank, on both backends. On
 // an H200 they beat dropout + cuBLASLt at r = 4 and lose at r = 16 (bench/NOTES.md), so larger ranks keep the
 // GEMM path until their kernels are faster.
@@ -59,11 +95,14 @@ Var lora_linear(Tape& tape, const Var& x, const FrozenLinear& base, const LoraBr
 // one rank, dropout key and dtype, the branches run as one ops::lora_branch group (CUDA: one launch forward,
 // three backward for the group) and one node backpropagates the group: dx takes the members' base products in
 // member order, then their branches'. Otherwise each member is its own lora_linear. lora_linear itself is a
-// group of one. CUDA: the base products run beside the branches' first passes (Engine side stream 0), and when
-// the workspace holds all the group's NF4 weights, members 1.. are dequantized on side stream 1 beside member
-// 0's GEMM.
+// group of one. CUDA: the base products run beside the branches' first passes (Engine side stream 0); NF4
+// weights come from the DequantStage (side stream 1).
+// `next` / `prev`: the group that runs after this one in forward / before it (hints for the stage's prefetch:
+// after this group's forward GEMMs, `next` is dequantized ahead; after its backward GEMMs, `prev`).
 std::vector<Var> lora_linear_group(Tape& tape, const Var& x, const std::vector<FrozenLinear>& bases,
-                                   const std::vector<const LoraBranch*>& loras);
+                                   const std::vector<const LoraBranch*>& loras,
+                                   const std::vector<FrozenLinear>& next = {},
+                                   const std::vector<FrozenLinear>& prev = {});
 bool lora_fuses_down(int64_t in, int64_t r, int64_t max_rank = kLoraFuseMaxRank);
 bool lora_fuses_up(int64_t out, int64_t r, int64_t max_rank = kLoraFuseMaxRank);
 // out = a + b (residual add, one rounding).

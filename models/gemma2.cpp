@@ -149,7 +149,10 @@ Gemma2Model Gemma2Model::load(const std::string& dir, Engine& eng, const Gemma2O
     load_linear(L.down, pre + "mlp.down_proj.weight", "down_proj", D, F);
   }
   load(m.final_norm_, "model.norm.weight", {D}, true);
-  if (opts.quantize_nf4) m.dequant_ws_ = eng.empty({std::max(max_linear, dequant_group_elems(cfg))}, opts.compute_dtype);
+  if (opts.quantize_nf4) {
+    m.dequant_ws_ = eng.empty({std::max(max_linear, dequant_group_elems(cfg))}, opts.compute_dtype);
+    m.stage_ = std::make_unique<autograd::DequantStage>(m.dequant_ws_, eng);
+  }
   if (n_dequantized > 0) {
     const std::string note = engine::str_cat(dir, ": bitsandbytes 4-bit checkpoint: ", n_dequantized, " NF4 linear ",
                                              "weights dequantized to ", engine::dtype_name(opts.compute_dtype),
@@ -207,7 +210,10 @@ Gemma2Model Gemma2Model::random(const Gemma2Config& cfg, Engine& eng, const Gemm
     }
   };
   // QLoRA: the dequant workspace doubles as the one dense weight being filled and quantized.
-  if (opts.quantize_nf4) m.dequant_ws_ = eng.empty({dequant_group_elems(cfg)}, opts.compute_dtype);
+  if (opts.quantize_nf4) {
+    m.dequant_ws_ = eng.empty({dequant_group_elems(cfg)}, opts.compute_dtype);
+    m.stage_ = std::make_unique<autograd::DequantStage>(m.dequant_ws_, eng);
+  }
   auto linear = [&](Linear& l, const std::string& name, const char* target, int64_t out, int64_t in) {
     l.target = target;
     l.out = out;
@@ -269,17 +275,8 @@ engine::TensorView Gemma2Model::lora_compute_view(engine::TensorView master) con
   return v;
 }
 
-Var Gemma2Model::linear(Tape& tape, const Var& x, Linear& w, int64_t layer) { return linears(tape, x, {&w}, layer)[0]; }
-
-std::vector<Var> Gemma2Model::linears(Tape& tape, const Var& x, std::initializer_list<Linear*> ws, int64_t layer) {
-  std::vector<Var> ys;
-  if ((*ws.begin())->dense.grad.defined()) {  // full fine-tuning
-    for (Linear* w : ws) ys.push_back(autograd::linear(tape, x, var(tape, w->dense)));
-    return ys;
-  }
+std::vector<autograd::FrozenLinear> Gemma2Model::frozen(std::initializer_list<Linear*> ws) {
   std::vector<autograd::FrozenLinear> bases;
-  std::vector<autograd::LoraBranch> brs(ws.size());  // outlive the call; lora_linear_group copies them
-  std::vector<const autograd::LoraBranch*> loras;
   for (Linear* w : ws) {
     autograd::FrozenLinear base;
     base.out = w->out;
@@ -288,9 +285,23 @@ std::vector<Var> Gemma2Model::linears(Tape& tape, const Var& x, std::initializer
       base.dense = w->dense.value;
     } else {
       base.nf4 = w->nf4.view();
-      base.dequant_ws = dequant_ws_;
+      base.stage = stage_.get();
     }
     bases.push_back(base);
+  }
+  return bases;
+}
+
+std::vector<Var> Gemma2Model::linears(Tape& tape, const Var& x, std::initializer_list<Linear*> ws, int64_t layer,
+                                      std::initializer_list<Linear*> next, std::initializer_list<Linear*> prev) {
+  std::vector<Var> ys;
+  if ((*ws.begin())->dense.grad.defined()) {  // full fine-tuning
+    for (Linear* w : ws) ys.push_back(autograd::linear(tape, x, var(tape, w->dense)));
+    return ys;
+  }
+  std::vector<autograd::LoraBranch> brs(ws.size());  // outlive the call; lora_linear_group copies them
+  std::vector<const autograd::LoraBranch*> loras;
+  for (Linear* w : ws) {
     const LoraModule* m = lora_ ? lora_->find(layer, w->target) : nullptr;
     if (m == nullptr) {
       loras.push_back(nullptr);
@@ -310,7 +321,7 @@ std::vector<Var> Gemma2Model::linears(Tape& tape, const Var& x, std::initializer
     br.fuse_max_rank = opts_.lora_fuse_max_rank;
     loras.push_back(&br);
   }
-  return autograd::lora_linear_group(tape, x, bases, loras);
+  return autograd::lora_linear_group(tape, x, frozen(ws), loras, frozen(next), frozen(prev));
 }
 
 Var Gemma2Model::layer_forward(Tape& tape, const Var& h, int64_t i, const Batch& b) {
@@ -321,7 +332,9 @@ Var Gemma2Model::layer_forward(Tape& tape, const Var& h, int64_t i, const Batch&
   Var mask = b.key_mask.defined() ? tape.constant(b.key_mask, "key_mask") : Var();
 
   Var x = autograd::rmsnorm(tape, h, var(tape, L.input_norm), eps);
-  const std::vector<Var> qkv = linears(tape, x, {&L.q, &L.k, &L.v}, i);
+  Layer* before = i > 0 ? &layers_[size_t(i - 1)] : nullptr;
+  const std::vector<Var> qkv = before ? linears(tape, x, {&L.q, &L.k, &L.v}, i, {&L.o}, {&before->down})
+                                      : linears(tape, x, {&L.q, &L.k, &L.v}, i, {&L.o});
   Var q = qkv[0], k = qkv[1], v = qkv[2];
   q = autograd::rope(tape, q, pos, c.num_attention_heads, c.head_dim, float(c.rope_theta));
   k = autograd::rope(tape, k, pos, c.num_key_value_heads, c.head_dim, float(c.rope_theta));
@@ -335,11 +348,14 @@ Var Gemma2Model::layer_forward(Tape& tape, const Var& h, int64_t i, const Batch&
 Var Gemma2Model::layer_tail(Tape& tape, const Var& h, const Var& attn, int64_t i) {
   Layer& L = layers_[size_t(i)];
   const float eps = float(cfg_.rms_norm_eps);
-  Var o = linear(tape, attn, L.o, i);
+  Var o = linears(tape, attn, {&L.o}, i, {&L.gate, &L.up}, {&L.q, &L.k, &L.v})[0];
   Var h1 = autograd::add(tape, h, autograd::rmsnorm(tape, o, var(tape, L.post_attn_norm), eps));
   Var x2 = autograd::rmsnorm(tape, h1, var(tape, L.pre_ff_norm), eps);
-  const std::vector<Var> gu = linears(tape, x2, {&L.gate, &L.up}, i);
-  Var d = linear(tape, autograd::geglu(tape, gu[0], gu[1]), L.down, i);
+  const std::vector<Var> gu = linears(tape, x2, {&L.gate, &L.up}, i, {&L.down}, {&L.o});
+  Layer* after = i + 1 < cfg_.num_hidden_layers ? &layers_[size_t(i + 1)] : nullptr;
+  const Var m = autograd::geglu(tape, gu[0], gu[1]);
+  Var d = after ? linears(tape, m, {&L.down}, i, {&after->q, &after->k, &after->v}, {&L.gate, &L.up})[0]
+                : linears(tape, m, {&L.down}, i, {}, {&L.gate, &L.up})[0];
   return autograd::add(tape, h1, autograd::rmsnorm(tape, d, var(tape, L.post_ff_norm), eps));
 }
 
@@ -445,7 +461,7 @@ Tensor Gemma2Model::forward_cached(const std::vector<int32_t>& ids, KvCache& cac
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) {  // layer_forward with the attention on the cache
     Layer& L = layers_[size_t(i)];
     Var x = autograd::rmsnorm(tape, h, var(tape, L.input_norm), eps);
-    const std::vector<Var> qkv = linears(tape, x, {&L.q, &L.k, &L.v}, i);
+    const std::vector<Var> qkv = linears(tape, x, {&L.q, &L.k, &L.v}, i, {&L.o});
     Var q = qkv[0], k = qkv[1], v = qkv[2];
     q = autograd::rope(tape, q, vpos, H, HD, float(c.rope_theta));
     k = autograd::rope(tape, k, vpos, KV, HD, float(c.rope_theta));

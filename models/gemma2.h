@@ -132,9 +132,11 @@ class Gemma2Model {
     Param input_norm, post_attn_norm, pre_ff_norm, post_ff_norm;
     Linear q, k, v, o, gate, up, down;
   };
-  Var linear(Tape& tape, const Var& x, Linear& w, int64_t layer);
-  // Linear layers that read the same x (q/k/v, gate/up): one autograd::lora_linear_group.
-  std::vector<Var> linears(Tape& tape, const Var& x, std::initializer_list<Linear*> ws, int64_t layer);
+  // Linear layers that read the same x (q/k/v, gate/up): one autograd::lora_linear_group. next / prev: the
+  // groups that run after / before it in forward (the dequantize stage's prefetch hints).
+  std::vector<Var> linears(Tape& tape, const Var& x, std::initializer_list<Linear*> ws, int64_t layer,
+                           std::initializer_list<Linear*> next = {}, std::initializer_list<Linear*> prev = {});
+  std::vector<autograd::FrozenLinear> frozen(std::initializer_list<Linear*> ws);
   Gemma2Model(Gemma2Config cfg, Engine& eng, Gemma2Options opts) : cfg_(std::move(cfg)), eng_(&eng), opts_(opts) {
     ENGINE_CHECK(opts_.checkpoint_layers >= -1 && opts_.checkpoint_layers <= cfg_.num_hidden_layers,
                  "checkpoint_layers must be -1 (all) or in [0, ", cfg_.num_hidden_layers,
@@ -154,6 +156,7 @@ class Gemma2Model {
   Param embed_, final_norm_;
   std::vector<Layer> layers_;
   Tensor dequant_ws_;                  // one group's dequantized weights at a time (QLoRA)
+  std::unique_ptr<autograd::DequantStage> stage_;  // what dequant_ws_ holds, and its prefetches
   Tensor lora_compute_;                // the adapters' f32 parameters in the compute dtype, cast once per
                                        // forward (one kernel instead of two casts per linear)
   const LoraAdapters* lora_ = nullptr;

@@ -7,6 +7,9 @@
 //   shuffle-summed into the workspace; dB's partial sums stay in registers, are summed over the warps in
 //   warp order and written per slab. A second kernel sums dt's chunks in chunk order (and rounds) and adds
 //   dB's slabs in slab order. No atomics: bitwise reproducible.
+//   Groups (ops/lora_branch.h): one launch serves up to kLoraMaxGroup members, the forward over the members'
+//   concatenated vectors, the backward's first pass over their concatenated column chunks (each block finds its
+//   member from the chunk index); ops/lora_down.cu finishes a group's dt and dB.
 #include <algorithm>
 #include <cstdint>
 
