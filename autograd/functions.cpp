@@ -153,9 +153,9 @@ void DequantStage::prefetch(const std::vector<FrozenLinear>& group) {
 
 void DequantStage::begin(const std::vector<FrozenLinear>& group) {
   ENGINE_CHECK(!group.empty(), "DequantStage::begin: an empty group");
-  if (resident(group)) {  // prefetched, or still there from the last use
+  if (resident(group)) {  // prefetched, or still there from the last use (member0_ holds if it is still due)
     group_ = group;
-    sequential_ = member0_ = false;
+    sequential_ = false;
     return;
   }
   join();  // a hint that turned out wrong may still be writing the workspace

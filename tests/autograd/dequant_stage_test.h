@@ -71,6 +71,9 @@ inline void check_dequant_stage(Engine& eng) {
     check_group("after two hints");
     stage.prefetch(group);
     check_group("prefetched group");
+    stage.prefetch(single);
+    stage.begin(group);  // begun again before member 0 was handed out: it is still due
+    check_group("begun twice");
   };
   run((64 + 32 + 32) * in, "the group fits");
   run(96 * in, "one weight at a time");
