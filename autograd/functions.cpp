@@ -2,6 +2,8 @@
 // tensors its backward reads (Vars) plus the gradient handles it writes (GradRefs).
 #include "autograd/functions.h"
 
+#include <algorithm>
+
 #include "ops/elementwise.h"
 #include "ops/lora_branch.h"
 #include "ops/lora_down.h"
@@ -106,7 +108,11 @@ Tensor fused_workspace(const TensorView& like, int64_t elems, Engine& eng) {
 }  // namespace
 
 DequantStage::~DequantStage() {
-  if (pending_) eng_.join(1);
+  if (!pending_) return;
+  try {
+    eng_.join(1);
+  } catch (...) {  // the device is gone: nothing to wait for
+  }
 }
 
 bool DequantStage::fits(const std::vector<FrozenLinear>& group) const {
@@ -153,14 +159,20 @@ void DequantStage::prefetch(const std::vector<FrozenLinear>& group) {
 
 void DequantStage::begin(const std::vector<FrozenLinear>& group) {
   ENGINE_CHECK(!group.empty(), "DequantStage::begin: an empty group");
-  if (resident(group)) {  // prefetched, or still there from the last use (member0_ holds if it is still due)
-    group_ = group;
-    sequential_ = false;
-    return;
+  slot_.clear();
+  for (const FrozenLinear& b : group) {  // resident (prefetched, or from the last use), in whatever slices
+    const auto it = std::find(resident_.begin(), resident_.end(), b.nf4.packed.data);
+    if (it == resident_.end()) break;
+    slot_.push_back(size_t(it - resident_.begin()));
   }
+  sequential_ = false;
+  if (slot_.size() == group.size()) return;  // member0_ holds if slice 0 is still due
   join();  // a hint that turned out wrong may still be writing the workspace
   group_ = group;
   resident_.clear();
+  slot_.clear();
+  for (size_t g = 0; g < group.size(); ++g) slot_.push_back(g);
+  member0_ = false;
   sequential_ = !fits(group);
   if (sequential_) return;
   for (const FrozenLinear& b : group) resident_.push_back(b.nf4.packed.data);
@@ -175,8 +187,9 @@ void DequantStage::begin(const std::vector<FrozenLinear>& group) {
 }
 
 TensorView DequantStage::weight(size_t g) {
-  ENGINE_CHECK(g < group_.size(), "DequantStage::weight: member ", g, " of a group of ", group_.size());
-  const FrozenLinear& b = group_[g];
+  ENGINE_CHECK(g < slot_.size(), "DequantStage::weight: member ", g, " of a group of ", slot_.size());
+  const size_t k = slot_[g];
+  const FrozenLinear& b = group_[k];
   ENGINE_CHECK(ws_.defined() && ws_.numel() >= b.out * b.in,
                "lora_linear: the NF4 workspace ", ws_.str(), " must hold ", b.out * b.in, " elements");
   if (sequential_) {
@@ -186,13 +199,13 @@ TensorView DequantStage::weight(size_t g) {
     resident_.clear();
     return w;
   }
-  if (g == 0 && member0_) {  // members 1.. may still be on side stream 1: no join yet
+  if (k == 0 && member0_) {  // the other slices may still be on side stream 1: no join yet
     ops::nf4_dequantize(slice(0), b.nf4, eng_);
     member0_ = false;
     return slice(0);
   }
   join();
-  return slice(g);
+  return slice(k);
 }
 
 bool lora_fuses_down(int64_t in, int64_t r, int64_t max_rank) { return r <= max_rank && ops::lora_down_fusable(in, r); }

@@ -41,7 +41,9 @@ struct FrozenLinear {
 //   - side stream 1 starts after the compute stream's work so far (the earlier readers of the workspace), and
 //     the compute stream joins it before it reads or writes the workspace again.
 // The record is host state in program order: a hint that turns out wrong costs a dequantize, never a wrong
-// weight. A group that does not fit, and the CPU backend, dequantize each weight right before its GEMM.
+// weight. Members of a resident group are handed out from it in any combination (a linear that runs alone, as
+// at ranks the grouped branch does not take, uses its group's prefetched slice). A group that does not fit
+// dequantizes each weight right before its GEMM; the CPU backend prefetches nothing.
 class DequantStage {
  public:
   DequantStage(TensorView ws, Engine& eng) : ws_(ws), eng_(eng) {}
@@ -61,11 +63,12 @@ class DequantStage {
   void join();
   TensorView ws_;
   Engine& eng_;
-  std::vector<FrozenLinear> group_;   // the group begin() took (or that is resident)
+  std::vector<FrozenLinear> group_;   // the workspace's layout: the group dequantized last (or begun, if sequential)
   std::vector<const void*> resident_; // packed NF4 data of the weights in the workspace, in slice order
+  std::vector<size_t> slot_;          // member g of the group begun last is slice slot_[g] of group_
   bool pending_ = false;              // side stream 1 writes the workspace, not joined yet
-  bool member0_ = false;              // member 0 of group_ still to dequantize on the compute stream
-  bool sequential_ = false;           // group_ does not fit: each weight at the workspace's start
+  bool member0_ = false;              // slice 0 still to dequantize on the compute stream
+  bool sequential_ = false;           // the group begun last does not fit: each weight at the workspace's start
 };
 
 // lora_linear takes the fused kernels (ops/lora_down.h, ops/lora_up.h) up to this rank, on both backends. On
@@ -92,8 +95,9 @@ struct LoraBranch {
 Var lora_linear(Tape& tape, const Var& x, const FrozenLinear& base, const LoraBranch* lora);
 // Linear layers that share their input (q/k/v, gate/up; at most ops::kLoraMaxGroup): y_g = lora_linear(x,
 // bases[g], loras[g]). When every member's branch fuses in one pass (r = 4 or 16, within fuse_max_rank) with
-// one rank, dropout key and dtype, the branches run as one ops::lora_branch group (CUDA: one launch forward,
-// three backward for the group) and one node backpropagates the group: dx takes the members' base products in
+// one rank, dropout key and dtype, the branches run as one ops::lora_branch group (CUDA: the down-projections
+// beside the base GEMMs, then one up-projection launch; three launches backward) and one node backpropagates
+// the group: dx takes the members' base products in
 // member order, then their branches'. Otherwise each member is its own lora_linear. lora_linear itself is a
 // group of one. CUDA: the base products run beside the branches' first passes (Engine side stream 0); NF4
 // weights come from the DequantStage (side stream 1).

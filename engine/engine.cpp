@@ -98,12 +98,15 @@ void Engine::fork(int i) {
 
 void Engine::join(int i) {
   ENGINE_CHECK(is_cuda(), "join: side streams are CUDA-only");
-  join_ev_[i]->record(side_stream(i));
+  const cudaStream_t s = side_stream(i);  // checks i
+  join_ev_[i]->record(s);
   CUDA_CHECK(cudaStreamWaitEvent(stream(), join_ev_[i]->get(), 0));
 }
 
 void Engine::synchronize() {
-  if (is_cuda()) CUDA_CHECK(cudaStreamSynchronize(stream()));
+  if (!is_cuda()) return;
+  for (int i = 0; i < kSideStreams; ++i) CUDA_CHECK(cudaStreamSynchronize(side_stream(i)));
+  CUDA_CHECK(cudaStreamSynchronize(stream()));
 }
 
 std::string Engine::describe() const {

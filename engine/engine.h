@@ -45,6 +45,7 @@ class Engine {
   cudaStream_t side_stream(int i = 0) const;
   void fork(int i = 0);
   void join(int i = 0);
+  // synchronize() waits for the compute stream and the side streams.
   CublasLt& blas();
   Allocator& allocator() { return is_cuda() ? static_cast<Allocator&>(*cuda_alloc_) : host_alloc_; }
   HostAllocator& host_allocator() { return host_alloc_; }
@@ -75,6 +76,32 @@ class Engine {
   std::unique_ptr<Event> fork_ev_[kSideStreams], join_ev_[kSideStreams];
   std::unique_ptr<CublasLt> blas_;
   std::unique_ptr<Communicator> comm_;  // aborted first in ~Engine: a kernel stuck on a dead peer ends
+};
+
+// fork(i) now, join(i) at join() or when the scope ends, also by an exception (work on the side stream may
+// still use buffers that unwinding frees; the join orders their reuse after it).
+class SideScope {
+ public:
+  SideScope(Engine& eng, int i) : eng_(eng), i_(i) { eng_.fork(i_); }
+  ~SideScope() {
+    if (!open_) return;
+    try {
+      eng_.join(i_);
+    } catch (...) {  // already unwinding, or the device is gone: nothing better to do here
+    }
+  }
+  SideScope(const SideScope&) = delete;
+  SideScope& operator=(const SideScope&) = delete;
+  cudaStream_t stream() const { return eng_.side_stream(i_); }
+  void join() {
+    open_ = false;
+    eng_.join(i_);
+  }
+
+ private:
+  Engine& eng_;
+  int i_;
+  bool open_ = true;
 };
 
 }  // namespace engine

@@ -352,7 +352,10 @@ Var Gemma2Model::layer_tail(Tape& tape, const Var& h, const Var& attn, int64_t i
   Var h1 = autograd::add(tape, h, autograd::rmsnorm(tape, o, var(tape, L.post_attn_norm), eps));
   Var x2 = autograd::rmsnorm(tape, h1, var(tape, L.pre_ff_norm), eps);
   const std::vector<Var> gu = linears(tape, x2, {&L.gate, &L.up}, i, {&L.down}, {&L.o});
-  Layer* after = i + 1 < cfg_.num_hidden_layers ? &layers_[size_t(i + 1)] : nullptr;
+  // The next layer's q/k/v are needed next, except in a checkpointed layer's recompute (its backward follows).
+  const int64_t layers = cfg_.num_hidden_layers;
+  const bool recompute = tape.recording() && i < recomputed_layers(opts_, layers);
+  Layer* after = i + 1 < layers && !recompute ? &layers_[size_t(i + 1)] : nullptr;
   const Var m = autograd::geglu(tape, gu[0], gu[1]);
   Var d = after ? linears(tape, m, {&L.down}, i, {&after->q, &after->k, &after->v}, {&L.gate, &L.up})[0]
                 : linears(tape, m, {&L.down}, i, {}, {&L.gate, &L.up})[0];

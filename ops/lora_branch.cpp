@@ -49,10 +49,10 @@ void lora_branch_forward(TensorView x, const std::vector<LoraBranchMember>& memb
     cuda::lora_down_forward_group(x, dm.data(), count, p, eng.stream());
     return;
   }
-  eng.fork();  // t = dropout(x) A^T beside the caller's base products; x, a and t outlive the join
-  cuda::lora_down_forward_group(x, dm.data(), count, p, eng.side_stream());
+  engine::SideScope side(eng, 0);  // t = dropout(x) A^T beside the caller's base products; x, a, t outlive it
+  cuda::lora_down_forward_group(x, dm.data(), count, p, side.stream());
   overlap();
-  eng.join();
+  side.join();
   cuda::lora_up_forward_group(up.data(), ts.data(), count, p.n, p.r, eng.stream());
 }
 
@@ -89,10 +89,10 @@ void lora_branch_backward(TensorView dx, Accum dx_mode, TensorView x, const std:
     dm[size_t(g)].dt_from = &up[size_t(g)];
   }
   // lora_up's pass beside the caller's work; ws, dy, t and b stay allocated until the join
-  eng.fork();
-  cuda::lora_up_backward_partials(up.data(), count, p.n, p.r, eng.side_stream());
+  engine::SideScope side(eng, 0);
+  cuda::lora_up_backward_partials(up.data(), count, p.n, p.r, side.stream());
   if (overlap) overlap();
-  eng.join();
+  side.join();
   cuda::lora_down_backward_group(dx, dx_mode, x, dm.data(), count, ws.view().slice_rows(off, off + down_elems), p, eng.stream());
 }
 

@@ -74,6 +74,14 @@ inline void check_dequant_stage(Engine& eng) {
     stage.prefetch(single);
     stage.begin(group);  // begun again before member 0 was handed out: it is still due
     check_group("begun twice");
+    for (size_t g : {2, 0, 1}) {  // members alone, from the resident group (a linear outside the grouped path)
+      SCOPED_TRACE("member " + std::to_string(g) + " alone");
+      stage.begin({group[g]});
+      EXPECT_CLOSE(read(stage.weight(0)), want[g], (Tol{0, 0}));
+    }
+    stage.begin({group[1], group[0]});  // two of them, in another order
+    EXPECT_CLOSE(read(stage.weight(0)), want[1], (Tol{0, 0}));
+    EXPECT_CLOSE(read(stage.weight(1)), want[0], (Tol{0, 0}));
   };
   run((64 + 32 + 32) * in, "the group fits");
   run(96 * in, "one weight at a time");
