@@ -124,11 +124,14 @@ bool DequantStage::fits(const std::vector<FrozenLinear>& group) const {
   return total <= ws_.numel();
 }
 
-bool DequantStage::resident(const std::vector<FrozenLinear>& group) const {
-  if (group.size() != resident_.size()) return false;
-  for (size_t g = 0; g < group.size(); ++g)
-    if (group[g].nf4.packed.data != resident_[g]) return false;
-  return true;
+std::vector<size_t> DequantStage::slots(const std::vector<FrozenLinear>& group) const {
+  std::vector<size_t> at;
+  for (const FrozenLinear& b : group) {
+    const auto it = std::find(resident_.begin(), resident_.end(), b.nf4.packed.data);
+    if (it == resident_.end()) return {};
+    at.push_back(size_t(it - resident_.begin()));
+  }
+  return at;
 }
 
 TensorView DequantStage::slice(size_t g) const {
@@ -147,7 +150,7 @@ void DequantStage::join() {
 }
 
 void DequantStage::prefetch(const std::vector<FrozenLinear>& group) {
-  if (!eng_.is_cuda() || group.empty() || !fits(group) || resident(group)) return;
+  if (!eng_.is_cuda() || group.empty() || !fits(group) || !slots(group).empty()) return;
   group_ = group;
   resident_.clear();
   for (const FrozenLinear& b : group) resident_.push_back(b.nf4.packed.data);
@@ -159,18 +162,12 @@ void DequantStage::prefetch(const std::vector<FrozenLinear>& group) {
 
 void DequantStage::begin(const std::vector<FrozenLinear>& group) {
   ENGINE_CHECK(!group.empty(), "DequantStage::begin: an empty group");
-  slot_.clear();
-  for (const FrozenLinear& b : group) {  // resident (prefetched, or from the last use), in whatever slices
-    const auto it = std::find(resident_.begin(), resident_.end(), b.nf4.packed.data);
-    if (it == resident_.end()) break;
-    slot_.push_back(size_t(it - resident_.begin()));
-  }
+  slot_ = slots(group);  // resident (prefetched, or from the last use), in whatever slices
   sequential_ = false;
-  if (slot_.size() == group.size()) return;  // member0_ holds if slice 0 is still due
+  if (!slot_.empty()) return;  // member0_ holds if slice 0 is still due
   join();  // a hint that turned out wrong may still be writing the workspace
   group_ = group;
   resident_.clear();
-  slot_.clear();
   for (size_t g = 0; g < group.size(); ++g) slot_.push_back(g);
   member0_ = false;
   sequential_ = !fits(group);
@@ -256,7 +253,7 @@ Var lora_linear_single(Tape& tape, const Var& x, const FrozenLinear& base, const
     }
     if (fuse_up) {  // y += s t B^T, one pass
       ops::lora_up_forward(y.t(), t, bc, {n, out_f, r, lora->scaling}, eng);
-    } else if (!fuse_up) {
+    } else {
       ops::MatmulParams pb;
       pb.m = n; pb.n = out_f; pb.k = r; pb.trans_b = true; pb.alpha = lora->scaling; pb.beta = 1.f;
       ops::matmul(y.t(), t, bc, pb, eng);
@@ -357,9 +354,7 @@ bool branches_group(const Var& x, const std::vector<FrozenLinear>& bases, const 
     if (l == nullptr || l->A.shape[0] != r || l->dropout != l0->dropout || l->seed != l0->seed ||
         l->offset != l0->offset)
       return false;
-    if (!lora_fuses_down(bases[g].in, r, l->fuse_max_rank) || !lora_fuses_up(bases[g].out, r, l->fuse_max_rank) ||
-        !ops::lora_branch_fusable(bases[g].in, bases[g].out, r))
-      return false;
+    if (r > l->fuse_max_rank || !ops::lora_branch_fusable(bases[g].in, bases[g].out, r)) return false;
     if (l->Ac.dtype != x.dtype() || l->Bc.dtype != x.dtype() || !ops::vec8_aligned({x.t(), l->Ac, l->Bc})) return false;
   }
   return true;

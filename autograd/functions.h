@@ -58,7 +58,8 @@ class DequantStage {
 
  private:
   bool fits(const std::vector<FrozenLinear>& group) const;
-  bool resident(const std::vector<FrozenLinear>& group) const;
+  // Each member's slice when all of them are resident, else empty.
+  std::vector<size_t> slots(const std::vector<FrozenLinear>& group) const;
   TensorView slice(size_t g) const;
   void join();
   TensorView ws_;

@@ -275,7 +275,7 @@ engine::TensorView Gemma2Model::lora_compute_view(engine::TensorView master) con
   return v;
 }
 
-std::vector<autograd::FrozenLinear> Gemma2Model::frozen(std::initializer_list<Linear*> ws) {
+std::vector<autograd::FrozenLinear> Gemma2Model::frozen(const std::vector<Linear*>& ws) {
   std::vector<autograd::FrozenLinear> bases;
   for (Linear* w : ws) {
     autograd::FrozenLinear base;
@@ -292,10 +292,10 @@ std::vector<autograd::FrozenLinear> Gemma2Model::frozen(std::initializer_list<Li
   return bases;
 }
 
-std::vector<Var> Gemma2Model::linears(Tape& tape, const Var& x, std::initializer_list<Linear*> ws, int64_t layer,
-                                      std::initializer_list<Linear*> next, std::initializer_list<Linear*> prev) {
+std::vector<Var> Gemma2Model::linears(Tape& tape, const Var& x, const std::vector<Linear*>& ws, int64_t layer,
+                                      const std::vector<Linear*>& next, const std::vector<Linear*>& prev) {
   std::vector<Var> ys;
-  if ((*ws.begin())->dense.grad.defined()) {  // full fine-tuning
+  if (ws.front()->dense.grad.defined()) {  // full fine-tuning
     for (Linear* w : ws) ys.push_back(autograd::linear(tape, x, var(tape, w->dense)));
     return ys;
   }
@@ -332,9 +332,9 @@ Var Gemma2Model::layer_forward(Tape& tape, const Var& h, int64_t i, const Batch&
   Var mask = b.key_mask.defined() ? tape.constant(b.key_mask, "key_mask") : Var();
 
   Var x = autograd::rmsnorm(tape, h, var(tape, L.input_norm), eps);
-  Layer* before = i > 0 ? &layers_[size_t(i - 1)] : nullptr;
-  const std::vector<Var> qkv = before ? linears(tape, x, {&L.q, &L.k, &L.v}, i, {&L.o}, {&before->down})
-                                      : linears(tape, x, {&L.q, &L.k, &L.v}, i, {&L.o});
+  std::vector<Linear*> before;  // the group before q/k/v: the previous layer's down_proj
+  if (i > 0) before = {&layers_[size_t(i - 1)].down};
+  const std::vector<Var> qkv = linears(tape, x, L.qkv(), i, {&L.o}, before);
   Var q = qkv[0], k = qkv[1], v = qkv[2];
   q = autograd::rope(tape, q, pos, c.num_attention_heads, c.head_dim, float(c.rope_theta));
   k = autograd::rope(tape, k, pos, c.num_key_value_heads, c.head_dim, float(c.rope_theta));
@@ -348,17 +348,16 @@ Var Gemma2Model::layer_forward(Tape& tape, const Var& h, int64_t i, const Batch&
 Var Gemma2Model::layer_tail(Tape& tape, const Var& h, const Var& attn, int64_t i) {
   Layer& L = layers_[size_t(i)];
   const float eps = float(cfg_.rms_norm_eps);
-  Var o = linears(tape, attn, {&L.o}, i, {&L.gate, &L.up}, {&L.q, &L.k, &L.v})[0];
+  Var o = linears(tape, attn, {&L.o}, i, {&L.gate, &L.up}, L.qkv())[0];
   Var h1 = autograd::add(tape, h, autograd::rmsnorm(tape, o, var(tape, L.post_attn_norm), eps));
   Var x2 = autograd::rmsnorm(tape, h1, var(tape, L.pre_ff_norm), eps);
   const std::vector<Var> gu = linears(tape, x2, {&L.gate, &L.up}, i, {&L.down}, {&L.o});
   // The next layer's q/k/v are needed next, except in a checkpointed layer's recompute (its backward follows).
   const int64_t layers = cfg_.num_hidden_layers;
   const bool recompute = tape.recording() && i < recomputed_layers(opts_, layers);
-  Layer* after = i + 1 < layers && !recompute ? &layers_[size_t(i + 1)] : nullptr;
-  const Var m = autograd::geglu(tape, gu[0], gu[1]);
-  Var d = after ? linears(tape, m, {&L.down}, i, {&after->q, &after->k, &after->v}, {&L.gate, &L.up})[0]
-                : linears(tape, m, {&L.down}, i, {}, {&L.gate, &L.up})[0];
+  std::vector<Linear*> after;
+  if (i + 1 < layers && !recompute) after = layers_[size_t(i + 1)].qkv();
+  Var d = linears(tape, autograd::geglu(tape, gu[0], gu[1]), {&L.down}, i, after, {&L.gate, &L.up})[0];
   return autograd::add(tape, h1, autograd::rmsnorm(tape, d, var(tape, L.post_ff_norm), eps));
 }
 
@@ -464,7 +463,7 @@ Tensor Gemma2Model::forward_cached(const std::vector<int32_t>& ids, KvCache& cac
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) {  // layer_forward with the attention on the cache
     Layer& L = layers_[size_t(i)];
     Var x = autograd::rmsnorm(tape, h, var(tape, L.input_norm), eps);
-    const std::vector<Var> qkv = linears(tape, x, {&L.q, &L.k, &L.v}, i, {&L.o});
+    const std::vector<Var> qkv = linears(tape, x, L.qkv(), i, {&L.o});
     Var q = qkv[0], k = qkv[1], v = qkv[2];
     q = autograd::rope(tape, q, vpos, H, HD, float(c.rope_theta));
     k = autograd::rope(tape, k, vpos, KV, HD, float(c.rope_theta));

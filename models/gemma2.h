@@ -131,12 +131,13 @@ class Gemma2Model {
   struct Layer {
     Param input_norm, post_attn_norm, pre_ff_norm, post_ff_norm;
     Linear q, k, v, o, gate, up, down;
+    std::vector<Linear*> qkv() { return {&q, &k, &v}; }
   };
   // Linear layers that read the same x (q/k/v, gate/up): one autograd::lora_linear_group. next / prev: the
   // groups that run after / before it in forward (the dequantize stage's prefetch hints).
-  std::vector<Var> linears(Tape& tape, const Var& x, std::initializer_list<Linear*> ws, int64_t layer,
-                           std::initializer_list<Linear*> next = {}, std::initializer_list<Linear*> prev = {});
-  std::vector<autograd::FrozenLinear> frozen(std::initializer_list<Linear*> ws);
+  std::vector<Var> linears(Tape& tape, const Var& x, const std::vector<Linear*>& ws, int64_t layer,
+                           const std::vector<Linear*>& next = {}, const std::vector<Linear*>& prev = {});
+  std::vector<autograd::FrozenLinear> frozen(const std::vector<Linear*>& ws);
   Gemma2Model(Gemma2Config cfg, Engine& eng, Gemma2Options opts) : cfg_(std::move(cfg)), eng_(&eng), opts_(opts) {
     ENGINE_CHECK(opts_.checkpoint_layers >= -1 && opts_.checkpoint_layers <= cfg_.num_hidden_layers,
                  "checkpoint_layers must be -1 (all) or in [0, ", cfg_.num_hidden_layers,
