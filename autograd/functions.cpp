@@ -445,11 +445,57 @@ Var add(Tape& tape, const Var& a, const Var& b) {
   if (rg) {
     GradRef da = a, db = b, dy = y;
     tape.record("add", {y}, [da, db, dy](BackwardCtx& g) {  // saves nothing
-      if (g.needs(da)) ops::accumulate(g.grad(da), g.grad(dy), 1.f, g.mode(da), g.engine());
+      // d a = d y: a's first contribution takes dy's buffer (no copy); b gets a copy (or is added to).
+      if (g.needs(da) && !g.pass(dy, da)) ops::accumulate(g.grad(da), g.grad(dy), 1.f, g.mode(da), g.engine());
       if (g.needs(db)) ops::accumulate(g.grad(db), g.grad(dy), 1.f, g.mode(db), g.engine());
     });
   }
   return y;
+}
+
+ResidualNorm residual_rmsnorm(Tape& tape, const Var& h, const Var& o, const Var& w_branch, const Var& w_next,
+                              float eps) {
+  const bool next = w_next.defined();
+  const bool fuses = !w_branch.requires_grad() && !(next && w_next.requires_grad()) && h.dtype() == o.dtype() &&
+                     (!o.value().view().is_cuda() || ops::residual_rmsnorm_fusable(o.cols()));
+  if (!fuses) {
+    Var sum = add(tape, h, rmsnorm(tape, o, w_branch, eps));
+    return {sum, next ? rmsnorm(tape, sum, w_next, eps) : Var()};
+  }
+  Engine& eng = tape.engine();
+  const ops::RmsNormParams p{o.rows(), o.cols(), eps};
+  const bool rg = tape.any_requires_grad({h, o});
+  Var sum = tape.output(o.shape(), o.dtype(), "residual", rg);
+  Var normed = next ? tape.output(o.shape(), o.dtype(), "rmsnorm", rg) : Var();
+  Tensor rstd1 = eng.empty({p.rows}, DType::kF32);
+  Tensor rstd2 = next ? eng.empty({p.rows}, DType::kF32) : Tensor();
+  const TensorView wn = next ? w_next.t() : TensorView{};
+  ops::residual_rmsnorm_forward(sum.t(), next ? normed.t() : TensorView{}, rstd1, rstd2.view(), h.t(), o.t(),
+                                w_branch.t(), wn, p, eng);
+  if (rg) {
+    // Saved: o, the norm weights, rstd1; with the entry norm also sum and rstd2 (its backward reads them).
+    const Var ss = next ? sum : Var();
+    GradRef dh = h, d_o = o, ds = sum, dy = next ? normed.gref() : GradRef();
+    std::vector<GradRef> outs{sum};
+    if (next) outs.push_back(normed);
+    tape.record("residual_rmsnorm", outs, [o, ss, w_branch, w_next, rstd1, rstd2, dh, d_o, ds, dy, next,
+                                           p](BackwardCtx& g) {
+      // Without the entry norm, d h = d sum: h's first contribution takes sum's buffer.
+      const bool passed = !next && g.pass(ds, dh);
+      const TensorView dhv = g.needs(dh) && !passed ? g.grad(dh) : TensorView{};
+      const Accum dh_mode = dhv.defined() ? g.mode(dh) : Accum::kSet;
+      if (!g.needs(d_o) && !dhv.defined()) return;
+      // o needs no gradient (it came from constants) but h does: the kernel's d o goes to a scratch buffer.
+      Tensor scratch;
+      if (!g.needs(d_o)) scratch = g.engine().empty(o.shape(), o.dtype());
+      const TensorView dov = scratch.defined() ? scratch.view() : g.grad(d_o);
+      const Accum do_mode = scratch.defined() ? Accum::kSet : g.mode(d_o);
+      ops::residual_rmsnorm_backward(dhv, dh_mode, dov, do_mode, g.grad(ds), next ? g.grad(dy) : TensorView{},
+                                     next ? ss.t() : TensorView{}, o.t(), w_branch.t(),
+                                     next ? w_next.t() : TensorView{}, rstd1, rstd2.view(), p, g.engine());
+    });
+  }
+  return {sum, normed};
 }
 
 Var scale(Tape& tape, const Var& x, float alpha) {

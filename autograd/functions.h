@@ -11,6 +11,7 @@
 #include "ops/embedding.h"
 #include "ops/geglu.h"
 #include "ops/nf4.h"
+#include "ops/residual_rmsnorm.h"
 #include "ops/rmsnorm.h"
 #include "ops/rope.h"
 
@@ -112,6 +113,14 @@ bool lora_fuses_down(int64_t in, int64_t r, int64_t max_rank = kLoraFuseMaxRank)
 bool lora_fuses_up(int64_t out, int64_t r, int64_t max_rank = kLoraFuseMaxRank);
 // out = a + b (residual add, one rounding).
 Var add(Tape& tape, const Var& a, const Var& b);
+// A sublayer's exit and the next one's entry (ops/residual_rmsnorm.h): sum = h + rmsnorm(o, w_branch), and,
+// when w_next is defined, normed = rmsnorm(sum, w_next). One node and one kernel each way where the op fuses
+// (frozen norm weights; on CUDA, rows it takes); otherwise rmsnorm + add (+ rmsnorm), the same values.
+struct ResidualNorm {
+  Var sum, normed;
+};
+ResidualNorm residual_rmsnorm(Tape& tape, const Var& h, const Var& o, const Var& w_branch, const Var& w_next,
+                              float eps);
 // out = alpha * x
 Var scale(Tape& tape, const Var& x, float alpha);
 // RoPE on x viewed as (N, heads, head_dim); positions (N) i32 constant.

@@ -21,6 +21,16 @@ Accum BackwardCtx::mode(const GradRef& r) {
   return m;
 }
 
+bool BackwardCtx::pass(const GradRef& from, const GradRef& to) {
+  GradSlot *f = from.slot(), *t = to.slot();
+  if (f == nullptr || t == nullptr || f == t || !f->grad.defined() || !t->requires_grad || t->is_param ||
+      t->written || t->grad.defined() || t->dtype != f->dtype || t->shape.numel() != f->shape.numel())
+    return false;
+  t->grad = f->grad;  // shared; the tape drops `from`'s share once the node has run
+  t->written = true;
+  return true;
+}
+
 Engine& BackwardCtx::engine() { return tape_.eng_; }
 
 namespace {

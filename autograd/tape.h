@@ -86,6 +86,10 @@ class BackwardCtx {
   // The mode for this contribution: kSet for the first one into an activation gradient, else kAdd.
   // Each call counts as one contribution.
   Accum mode(const GradRef& v);
+  // Hands `from`'s gradient buffer to `to` when `to` has had no contribution yet (same shape and dtype, not a
+  // parameter): `to`'s gradient becomes d(from) without a copy. Only for a node whose backward passes its
+  // output's gradient through unchanged, and which writes nothing into `from` afterwards. True when handed.
+  bool pass(const GradRef& from, const GradRef& to);
   Engine& engine();
 
  private:

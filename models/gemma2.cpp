@@ -324,14 +324,15 @@ std::vector<Var> Gemma2Model::linears(Tape& tape, const Var& x, const std::vecto
   return autograd::lora_linear_group(tape, x, frozen(ws), loras, frozen(next), frozen(prev));
 }
 
-Var Gemma2Model::layer_forward(Tape& tape, const Var& h, int64_t i, const Batch& b) {
+autograd::ResidualNorm Gemma2Model::layer_forward(Tape& tape, const Var& h, const Var& x_in, int64_t i,
+                                                  const Batch& b, const Var& w_next) {
   Layer& L = layers_[size_t(i)];
   const Gemma2Config& c = cfg_;
   const float eps = float(c.rms_norm_eps);
   Var pos = tape.constant(b.positions, "positions");
   Var mask = b.key_mask.defined() ? tape.constant(b.key_mask, "key_mask") : Var();
 
-  Var x = autograd::rmsnorm(tape, h, var(tape, L.input_norm), eps);
+  const Var x = x_in.defined() ? x_in : autograd::rmsnorm(tape, h, var(tape, L.input_norm), eps);
   std::vector<Linear*> before;  // the group before q/k/v: the previous layer's down_proj
   if (i > 0) before = {&layers_[size_t(i - 1)].down};
   const std::vector<Var> qkv = linears(tape, x, L.qkv(), i, {&L.o}, before);
@@ -342,15 +343,18 @@ Var Gemma2Model::layer_forward(Tape& tape, const Var& h, int64_t i, const Batch&
   ap.batch = b.batch; ap.seq = b.seq; ap.heads = c.num_attention_heads; ap.kv_heads = c.num_key_value_heads;
   ap.head_dim = c.head_dim; ap.scale = c.attn_scale(); ap.softcap = float(c.attn_logit_softcapping);
   ap.window = c.sliding[size_t(i)] ? c.sliding_window : 0;
-  return layer_tail(tape, h, autograd::attention(tape, q, k, v, mask, ap, !opts_.recompute_attention_probs), i);
+  return layer_tail(tape, h, autograd::attention(tape, q, k, v, mask, ap, !opts_.recompute_attention_probs), i,
+                    w_next);
 }
 
-Var Gemma2Model::layer_tail(Tape& tape, const Var& h, const Var& attn, int64_t i) {
+autograd::ResidualNorm Gemma2Model::layer_tail(Tape& tape, const Var& h, const Var& attn, int64_t i,
+                                               const Var& w_next) {
   Layer& L = layers_[size_t(i)];
   const float eps = float(cfg_.rms_norm_eps);
   Var o = linears(tape, attn, {&L.o}, i, {&L.gate, &L.up}, L.qkv())[0];
-  Var h1 = autograd::add(tape, h, autograd::rmsnorm(tape, o, var(tape, L.post_attn_norm), eps));
-  Var x2 = autograd::rmsnorm(tape, h1, var(tape, L.pre_ff_norm), eps);
+  const autograd::ResidualNorm attn_exit =
+      autograd::residual_rmsnorm(tape, h, o, var(tape, L.post_attn_norm), var(tape, L.pre_ff_norm), eps);
+  const Var h1 = attn_exit.sum, x2 = attn_exit.normed;
   const std::vector<Var> gu = linears(tape, x2, {&L.gate, &L.up}, i, {&L.down}, {&L.o});
   // The next layer's q/k/v are needed next, except in a checkpointed layer's recompute (its backward follows).
   const int64_t layers = cfg_.num_hidden_layers;
@@ -358,7 +362,7 @@ Var Gemma2Model::layer_tail(Tape& tape, const Var& h, const Var& attn, int64_t i
   std::vector<Linear*> after;
   if (i + 1 < layers && !recompute) after = layers_[size_t(i + 1)].qkv();
   Var d = linears(tape, autograd::geglu(tape, gu[0], gu[1]), {&L.down}, i, after, {&L.gate, &L.up})[0];
-  return autograd::add(tape, h1, autograd::rmsnorm(tape, d, var(tape, L.post_ff_norm), eps));
+  return autograd::residual_rmsnorm(tape, h1, d, var(tape, L.post_ff_norm), w_next, eps);
 }
 
 Var Gemma2Model::forward(Tape& tape, const Batch& b, bool train) {
@@ -369,14 +373,21 @@ Var Gemma2Model::forward(Tape& tape, const Batch& b, bool train) {
                               opts_.compute_dtype);
   const int64_t L = cfg_.num_hidden_layers;
   const int64_t recomputed = recomputed_layers(opts_, L);
+  Var x;  // input_norm(h) of the next layer, when the layer before computed it in its last kernel
   for (int64_t i = 0; i < L; ++i) {
-    if (i < recomputed && tape.recording()) {
-      h = autograd::checkpoint(tape, h, [this, i, &b](Tape& t, const Var& x) { return layer_forward(t, x, i, b); });
-    } else {
-      h = layer_forward(tape, h, i, b);
+    if (i < recomputed && tape.recording()) {  // the recompute starts from h alone
+      h = autograd::checkpoint(tape, h, [this, i, &b](Tape& t, const Var& hh) {
+        return layer_forward(t, hh, Var(), i, b, Var()).sum;
+      });
+      x = Var();
+    } else {  // recomputed layers come first, so the next one is not: its input norm (or the final one) fuses
+      const Var w_next = var(tape, i + 1 < L ? layers_[size_t(i + 1)].input_norm : final_norm_);
+      const autograd::ResidualNorm r = layer_forward(tape, h, x, i, b, w_next);
+      h = r.sum;
+      x = r.normed;
     }
   }
-  return autograd::rmsnorm(tape, h, var(tape, final_norm_), float(cfg_.rms_norm_eps));
+  return x.defined() ? x : autograd::rmsnorm(tape, h, var(tape, final_norm_), float(cfg_.rms_norm_eps));
 }
 
 ops::LmHeadCeParams Gemma2Model::head_params(const Var& hidden, float grad_scale) const {
@@ -475,7 +486,7 @@ Tensor Gemma2Model::forward_cached(const std::vector<int32_t>& ids, KvCache& cac
     ap.window = c.sliding[size_t(i)] ? c.sliding_window : 0;
     Var a = tape.output({n, H * HD}, opts_.compute_dtype, "attention", false);
     ops::attention_decode_forward(a.t(), q.t(), cache.k[size_t(i)], cache.v[size_t(i)], ap, *eng_);
-    h = layer_tail(tape, h, a, i);
+    h = layer_tail(tape, h, a, i, Var()).sum;
   }
   cache.len = p0 + n;
   // Only the last token's hidden state is needed: final norm and head on one row.

@@ -143,9 +143,13 @@ class Gemma2Model {
                  "checkpoint_layers must be -1 (all) or in [0, ", cfg_.num_hidden_layers,
                  "] (the model's num_hidden_layers), got ", opts_.checkpoint_layers);
   }
-  Var layer_forward(Tape& tape, const Var& h, int64_t i, const Batch& b);
-  // o_proj, post-attention norm and residual, then the MLP block with its norms and residual.
-  Var layer_tail(Tape& tape, const Var& h, const Var& attn, int64_t i);
+  // Layer i on the residual stream h. x: input_norm(h) when the previous layer's exit computed it (undefined:
+  // computed here). w_next: the norm that follows the layer (the next layer's input norm, or the final norm),
+  // applied in the layer's last kernel; undefined: none (.normed is then undefined).
+  autograd::ResidualNorm layer_forward(Tape& tape, const Var& h, const Var& x, int64_t i, const Batch& b,
+                                       const Var& w_next);
+  // o_proj, post-attention norm and residual, then the MLP block with its norms and residual (and w_next).
+  autograd::ResidualNorm layer_tail(Tape& tape, const Var& h, const Var& attn, int64_t i, const Var& w_next);
   Var var(Tape& tape, Param& p);
   void refresh_lora_compute();
   engine::TensorView lora_compute_view(engine::TensorView master) const;
