@@ -525,36 +525,35 @@ Var rope(Tape& tape, const Var& x, const Var& positions, int64_t heads, int64_t 
   return y;
 }
 
-Var attention(Tape& tape, const Var& q, const Var& k, const Var& v, const Var& key_mask,
-              const ops::AttentionParams& p, bool keep_probs) {
+Var attention(Tape& tape, const Var& q, const Var& k, const Var& v, const Var& positions, const Var& key_mask,
+              const ops::AttentionParams& p, float rope_theta, bool keep_probs) {
   Engine& eng = tape.engine();
   const bool rg = tape.any_requires_grad({q, k, v});
-  Var out = tape.output(q.shape(), q.dtype(), "attention", rg);
-  Tensor probs = eng.empty({p.batch, p.heads, p.seq, p.seq}, q.dtype());
+  const ops::AttentionRopeParams rp{p.batch, p.seq, p.heads, p.kv_heads, p.head_dim, rope_theta};
+  const DType dt = q.dtype();
+  // Head-major and RoPE'd, as the attention reads them; these, not q/k/v, are what the backward keeps.
+  Tensor qh = eng.empty({p.batch, p.heads, p.seq, p.head_dim}, dt), kh = eng.empty({p.batch, p.kv_heads, p.seq, p.head_dim}, dt),
+         vh = eng.empty({p.batch, p.kv_heads, p.seq, p.head_dim}, dt);
+  ops::attention_rope_forward(qh, kh, vh, q.t(), k.t(), v.t(), positions.t(), rp, eng);
+  Var out = tape.output(q.shape(), dt, "attention", rg);
+  Tensor probs = eng.empty({p.batch, p.heads, p.seq, p.seq}, dt);
   const TensorView mask = key_mask.defined() ? key_mask.t() : TensorView{};
-  ops::attention_forward(out.t(), probs, q.t(), k.t(), v.t(), mask, p, eng);
+  ops::attention_forward_head_major(out.t(), probs, qh, kh, vh, mask, p, eng);
   if (rg) {
     if (!keep_probs) probs = Tensor();  // freed now; the backward recomputes it
     GradRef dq = q, dk = k, dv = v, dout = out;
-    tape.record("attention", {out}, [q, k, v, key_mask, probs, dq, dk, dv, dout, p](BackwardCtx& g) {
-      // The op SETs dq/dk/dv: compute into the gradient buffer on a first contribution, else into scratch.
+    tape.record("attention", {out}, [qh, kh, vh, positions, key_mask, probs, dq, dk, dv, dout, p,
+                                     rp](BackwardCtx& g) {
       Engine& e = g.engine();
-      auto target = [&](const GradRef& r, const Var& like, Tensor& scratch) -> TensorView {
-        if (!g.needs(r)) { scratch = e.empty(like.shape(), like.dtype()); return scratch; }
-        const TensorView gr = g.grad(r);
-        if (r.slot()->written || r.slot()->is_param) { scratch = e.empty(like.shape(), like.dtype()); return scratch; }
-        return gr;
-      };
-      Tensor sq, sk, sv;
-      const TensorView tq = target(dq, q, sq), tk = target(dk, k, sk), tv = target(dv, v, sv);
+      Tensor dqh = e.empty(qh.shape(), qh.dtype()), dkh = e.empty(kh.shape(), kh.dtype()),
+             dvh = e.empty(vh.shape(), vh.dtype());
       const TensorView mask = key_mask.defined() ? key_mask.t() : TensorView{};
-      ops::attention_backward(tq, tk, tv, g.grad(dout), q.t(), k.t(), v.t(), probs, mask, p, e);
-      const std::pair<const GradRef*, Tensor*> parts[] = {{&dq, &sq}, {&dk, &sk}, {&dv, &sv}};
-      for (const auto& [r, s] : parts) {
-        if (!g.needs(*r)) continue;
-        const Accum m = g.mode(*r);
-        if (s->defined()) ops::accumulate(g.grad(*r), *s, 1.f, m, e);  // m is kAdd here
-      }
+      ops::attention_backward_head_major(dqh, dkh, dvh, g.grad(dout), qh, kh, vh, probs, mask, p, e);
+      ops::AttentionRopeGrads d;
+      if (g.needs(dq)) { d.dq = g.grad(dq); d.dq_mode = g.mode(dq); }
+      if (g.needs(dk)) { d.dk = g.grad(dk); d.dk_mode = g.mode(dk); }
+      if (g.needs(dv)) { d.dv = g.grad(dv); d.dv_mode = g.mode(dv); }
+      ops::attention_rope_backward(d, dqh, dkh, dvh, positions.t(), rp, e);
     });
   }
   return out;

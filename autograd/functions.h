@@ -7,6 +7,7 @@
 
 #include "autograd/tape.h"
 #include "ops/attention.h"
+#include "ops/attention_rope.h"
 #include "ops/dropout.h"
 #include "ops/embedding.h"
 #include "ops/geglu.h"
@@ -125,11 +126,13 @@ ResidualNorm residual_rmsnorm(Tape& tape, const Var& h, const Var& o, const Var&
 Var scale(Tape& tape, const Var& x, float alpha);
 // RoPE on x viewed as (N, heads, head_dim); positions (N) i32 constant.
 Var rope(Tape& tape, const Var& x, const Var& positions, int64_t heads, int64_t head_dim, float theta);
-// Eager attention; q (N, H*hd), k/v (N, KV*hd); key_mask (B, T) i32 constant or undefined. keep_probs =
-// false: the (B, H, T, T) probabilities are freed after the forward and recomputed in backward (one more
-// row pass; the same bits where the backward runs in one chunk: ops/attention.h).
-Var attention(Tape& tape, const Var& q, const Var& k, const Var& v, const Var& key_mask,
-              const ops::AttentionParams& p, bool keep_probs = true);
+// RoPE on q and k, then eager attention: q (N, H*hd), k/v (N, KV*hd) as the projections give them; positions
+// (N) i32 constant; key_mask (B, T) i32 constant or undefined. The node keeps q, k, v head-major and RoPE'd
+// (ops/attention_rope.h: one launch each way instead of two RoPEs and six permutes). keep_probs = false: the
+// (B, H, T, T) probabilities are freed after the forward and recomputed in backward (one more row pass; the
+// same bits where the backward runs in one chunk: ops/attention.h).
+Var attention(Tape& tape, const Var& q, const Var& k, const Var& v, const Var& positions, const Var& key_mask,
+              const ops::AttentionParams& p, float rope_theta, bool keep_probs = true);
 // gelu_tanh(gate) * up.
 Var geglu(Tape& tape, const Var& gate, const Var& up);
 // Dropout with a Philox mask regenerated in backward (p = 0: returns x itself).

@@ -336,15 +336,13 @@ autograd::ResidualNorm Gemma2Model::layer_forward(Tape& tape, const Var& h, cons
   std::vector<Linear*> before;  // the group before q/k/v: the previous layer's down_proj
   if (i > 0) before = {&layers_[size_t(i - 1)].down};
   const std::vector<Var> qkv = linears(tape, x, L.qkv(), i, {&L.o}, before);
-  Var q = qkv[0], k = qkv[1], v = qkv[2];
-  q = autograd::rope(tape, q, pos, c.num_attention_heads, c.head_dim, float(c.rope_theta));
-  k = autograd::rope(tape, k, pos, c.num_key_value_heads, c.head_dim, float(c.rope_theta));
   ops::AttentionParams ap;
   ap.batch = b.batch; ap.seq = b.seq; ap.heads = c.num_attention_heads; ap.kv_heads = c.num_key_value_heads;
   ap.head_dim = c.head_dim; ap.scale = c.attn_scale(); ap.softcap = float(c.attn_logit_softcapping);
   ap.window = c.sliding[size_t(i)] ? c.sliding_window : 0;
-  return layer_tail(tape, h, autograd::attention(tape, q, k, v, mask, ap, !opts_.recompute_attention_probs), i,
-                    w_next);
+  const Var attn = autograd::attention(tape, qkv[0], qkv[1], qkv[2], pos, mask, ap, float(c.rope_theta),
+                                       !opts_.recompute_attention_probs);
+  return layer_tail(tape, h, attn, i, w_next);
 }
 
 autograd::ResidualNorm Gemma2Model::layer_tail(Tape& tape, const Var& h, const Var& attn, int64_t i,

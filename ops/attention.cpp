@@ -60,24 +60,32 @@ void attention_check(TensorView out, TensorView probs, TensorView q, TensorView 
                "attention: key_mask ", key_mask.str(), " must be i32 with B=", p.batch, " x T=", p.seq);
 }
 
+void attention_forward_head_major(TensorView out, TensorView probs, TensorView qh, TensorView kh, TensorView vh,
+                                  TensorView key_mask, const AttentionParams& p, Engine& eng) {
+  attention_check(out, probs, qh, kh, vh, key_mask, p);
+  const engine::Device dev = engine::common_device({out, probs, qh, kh, vh, key_mask});
+  const int64_t B = p.batch, T = p.seq, H = p.heads, KV = p.kv_heads, hd = p.head_dim, g = H / KV;
+  // S = Q_g K^T into probs, then the row op in place.
+  matmul(probs, qh, kh, group_gemm(B * KV, g * T, T, hd, false, true, g * T * hd, T * hd, g * T * T), eng);
+  attention_softmax_forward(probs, probs, key_mask, softmax_params(p), eng);
+  // O = P V head-major, then token-major.
+  engine::Tensor oh = scratch(eng, dev, {B, H, T, hd}, qh.dtype);
+  matmul(oh, probs, vh, group_gemm(B * KV, g * T, hd, T, false, false, g * T * T, T * hd, g * T * hd), eng);
+  attention_to_token_major(out, oh, {B, T, H, hd}, eng);
+}
+
 void attention_forward(TensorView out, TensorView probs, TensorView q, TensorView k, TensorView v,
                        TensorView key_mask, const AttentionParams& p, Engine& eng) {
   attention_check(out, probs, q, k, v, key_mask, p);
   const engine::Device dev = engine::common_device({out, probs, q, k, v, key_mask});
-  const int64_t B = p.batch, T = p.seq, H = p.heads, KV = p.kv_heads, hd = p.head_dim, g = H / KV;
+  const int64_t B = p.batch, T = p.seq, H = p.heads, KV = p.kv_heads, hd = p.head_dim;
   const DType dt = q.dtype;
-  const AttentionLayoutParams lq{B, T, H, hd}, lkv{B, T, KV, hd};
   engine::Tensor qh = scratch(eng, dev, {B, H, T, hd}, dt), kh = scratch(eng, dev, {B, KV, T, hd}, dt),
                  vh = scratch(eng, dev, {B, KV, T, hd}, dt);
-  attention_to_head_major(qh, q, lq, eng);
-  attention_to_head_major(kh, k, lkv, eng);
-  attention_to_head_major(vh, v, lkv, eng);
-  // S = Q_g K^T into probs, then the row op in place.
-  matmul(probs, qh, kh, group_gemm(B * KV, g * T, T, hd, false, true, g * T * hd, T * hd, g * T * T), eng);
-  attention_softmax_forward(probs, probs, key_mask, softmax_params(p), eng);
-  // O = P V, head-major in qh's place (q is no longer needed), then token-major.
-  matmul(qh, probs, vh, group_gemm(B * KV, g * T, hd, T, false, false, g * T * T, T * hd, g * T * hd), eng);
-  attention_to_token_major(out, qh, lq, eng);
+  attention_to_head_major(qh, q, {B, T, H, hd}, eng);
+  attention_to_head_major(kh, k, {B, T, KV, hd}, eng);
+  attention_to_head_major(vh, v, {B, T, KV, hd}, eng);
+  attention_forward_head_major(out, probs, qh, kh, vh, key_mask, p, eng);
 }
 
 int64_t attention_backward_chunk_groups(const AttentionParams& p, DType dt, bool probs_given) {
@@ -91,33 +99,28 @@ int64_t attention_backward_chunk_groups(const AttentionParams& p, DType dt, bool
   return c;
 }
 
-void attention_backward(TensorView dq, TensorView dk, TensorView dv, TensorView dout, TensorView q, TensorView k,
-                        TensorView v, TensorView probs, TensorView key_mask, const AttentionParams& p, Engine& eng) {
-  const engine::Device dev = engine::common_device({dq, dk, dv, dout, q, k, v, probs, key_mask});
+void attention_backward_head_major(TensorView dqh, TensorView dkh, TensorView dvh, TensorView dout, TensorView qh,
+                                   TensorView kh, TensorView vh, TensorView probs, TensorView key_mask,
+                                   const AttentionParams& p, Engine& eng) {
+  const engine::Device dev = engine::common_device({dqh, dkh, dvh, dout, qh, kh, vh, probs, key_mask});
   const int64_t B = p.batch, T = p.seq, H = p.heads, KV = p.kv_heads, hd = p.head_dim, g = H / KV;
-  const DType dt = q.dtype;
+  const DType dt = qh.dtype;
   const bool have_probs = probs.defined();
   engine::Tensor probs_buf;  // P recomputed below, chunk by chunk, when the caller did not keep it
-  attention_check(dout, probs, q, k, v, key_mask, p, /*probs_optional=*/true);
-  ENGINE_CHECK(dq.dtype == q.dtype && dq.numel() == q.numel(), "attention: dq ", dq.str(), " must match q ", q.str());
-  ENGINE_CHECK(dk.dtype == k.dtype && dk.numel() == k.numel(), "attention: dk ", dk.str(), " must match k ", k.str());
-  ENGINE_CHECK(dv.dtype == v.dtype && dv.numel() == v.numel(), "attention: dv ", dv.str(), " must match v ", v.str());
-  const AttentionLayoutParams lq{B, T, H, hd}, lkv{B, T, KV, hd};
-  engine::Tensor qh = scratch(eng, dev, {B, H, T, hd}, dt), kh = scratch(eng, dev, {B, KV, T, hd}, dt),
-                 vh = scratch(eng, dev, {B, KV, T, hd}, dt), doh = scratch(eng, dev, {B, H, T, hd}, dt);
-  attention_to_head_major(qh, q, lq, eng);
-  attention_to_head_major(kh, k, lkv, eng);
-  attention_to_head_major(vh, v, lkv, eng);
-  attention_to_head_major(doh, dout, lq, eng);
-  engine::Tensor dvh = scratch(eng, dev, {B, KV, T, hd}, dt), dkh = scratch(eng, dev, {B, KV, T, hd}, dt);
+  attention_check(dout, probs, qh, kh, vh, key_mask, p, /*probs_optional=*/true);
+  ENGINE_CHECK(dqh.dtype == dt && dqh.numel() == qh.numel(), "attention: dq ", dqh.str(), " must match q ", qh.str());
+  ENGINE_CHECK(dkh.dtype == dt && dkh.numel() == kh.numel(), "attention: dk ", dkh.str(), " must match k ", kh.str());
+  ENGINE_CHECK(dvh.dtype == dt && dvh.numel() == vh.numel(), "attention: dv ", dvh.str(), " must match v ", vh.str());
+  engine::Tensor doh = scratch(eng, dev, {B, H, T, hd}, dt);
+  attention_to_head_major(doh, dout, {B, T, H, hd}, eng);
   const int64_t s_q = g * T * hd, s_kv = T * hd, s_tt = g * T * T;  // per-group strides
   const int64_t groups = B * KV, chunk = attention_backward_chunk_groups(p, dt, have_probs);
   engine::Tensor s = scratch(eng, dev, {chunk, s_tt}, dt), ds = scratch(eng, dev, {chunk, s_tt}, dt);
   if (!have_probs) probs_buf = scratch(eng, dev, {chunk, s_tt}, dt);
   // Per-group views: group G = b * KV + kv owns rows G of these.
-  const TensorView qg = TensorView(qh).reshape({groups, s_q}), kg = TensorView(kh).reshape({groups, s_kv}),
-                   vg = TensorView(vh).reshape({groups, s_kv}), dog = TensorView(doh).reshape({groups, s_q}),
-                   dvg = TensorView(dvh).reshape({groups, s_kv}), dkg = TensorView(dkh).reshape({groups, s_kv});
+  const TensorView qg = qh.reshape({groups, s_q}), kg = kh.reshape({groups, s_kv}), vg = vh.reshape({groups, s_kv}),
+                   dog = TensorView(doh).reshape({groups, s_q}), dqg = dqh.reshape({groups, s_q}),
+                   dvg = dvh.reshape({groups, s_kv}), dkg = dkh.reshape({groups, s_kv});
   for (int64_t g0 = 0; g0 < groups; g0 += chunk) {
     const int64_t n = std::min(chunk, groups - g0), g1 = g0 + n;
     // The row op's view of the chunk: whole batch entries, or n kv groups (n * g heads) of entry b.
@@ -136,7 +139,7 @@ void attention_backward(TensorView dq, TensorView dk, TensorView dv, TensorView 
     const TensorView pcv = have_probs ? probs.reshape({groups, s_tt}).slice_rows(g0, g1)
                                       : TensorView(probs_buf).slice_rows(0, n);
     const TensorView qc = qg.slice_rows(g0, g1), kc = kg.slice_rows(g0, g1), vc = vg.slice_rows(g0, g1),
-                     doc = dog.slice_rows(g0, g1), dvc = dvg.slice_rows(g0, g1), dkc = dkg.slice_rows(g0, g1);
+                     doc = dog.slice_rows(g0, g1), dqc = dqg.slice_rows(g0, g1), dvc = dvg.slice_rows(g0, g1), dkc = dkg.slice_rows(g0, g1);
     const TensorView sc4 = sc.reshape({sp.batch, sp.heads, T, T}), dsc4 = dsc.reshape({sp.batch, sp.heads, T, T}),
                      pc4 = pcv.reshape({sp.batch, sp.heads, T, T});
     matmul(sc, qc, kc, group_gemm(n, g * T, T, hd, false, true, s_q, s_kv, s_tt), eng);     // S  = Q_g K^T
@@ -145,9 +148,28 @@ void attention_backward(TensorView dq, TensorView dk, TensorView dv, TensorView 
     attention_softmax_backward(dsc4, pc4, dsc4, sc4, mask, sp, eng);                         // dS, in place
     matmul(dvc, pcv, doc, group_gemm(n, T, hd, g * T, true, false, s_tt, s_q, s_kv), eng);  // dV = P^T dO_g
     matmul(dkc, dsc, qc, group_gemm(n, T, hd, g * T, true, false, s_tt, s_q, s_kv), eng);   // dK = dS^T Q_g
-    matmul(doc, dsc, kc, group_gemm(n, g * T, hd, T, false, false, s_tt, s_kv, s_q), eng);  // dQ = dS K (into dO)
+    matmul(dqc, dsc, kc, group_gemm(n, g * T, hd, T, false, false, s_tt, s_kv, s_q), eng);  // dQ = dS K
   }
-  attention_to_token_major(dq, doh, lq, eng);
+}
+
+void attention_backward(TensorView dq, TensorView dk, TensorView dv, TensorView dout, TensorView q, TensorView k,
+                        TensorView v, TensorView probs, TensorView key_mask, const AttentionParams& p, Engine& eng) {
+  const engine::Device dev = engine::common_device({dq, dk, dv, dout, q, k, v, probs, key_mask});
+  const int64_t B = p.batch, T = p.seq, H = p.heads, KV = p.kv_heads, hd = p.head_dim;
+  const DType dt = q.dtype;
+  attention_check(dout, probs, q, k, v, key_mask, p, /*probs_optional=*/true);
+  ENGINE_CHECK(dq.dtype == q.dtype && dq.numel() == q.numel(), "attention: dq ", dq.str(), " must match q ", q.str());
+  ENGINE_CHECK(dk.dtype == k.dtype && dk.numel() == k.numel(), "attention: dk ", dk.str(), " must match k ", k.str());
+  ENGINE_CHECK(dv.dtype == v.dtype && dv.numel() == v.numel(), "attention: dv ", dv.str(), " must match v ", v.str());
+  const AttentionLayoutParams lq{B, T, H, hd}, lkv{B, T, KV, hd};
+  engine::Tensor qh = scratch(eng, dev, {B, H, T, hd}, dt), kh = scratch(eng, dev, {B, KV, T, hd}, dt),
+                 vh = scratch(eng, dev, {B, KV, T, hd}, dt), dqh = scratch(eng, dev, {B, H, T, hd}, dt),
+                 dkh = scratch(eng, dev, {B, KV, T, hd}, dt), dvh = scratch(eng, dev, {B, KV, T, hd}, dt);
+  attention_to_head_major(qh, q, lq, eng);
+  attention_to_head_major(kh, k, lkv, eng);
+  attention_to_head_major(vh, v, lkv, eng);
+  attention_backward_head_major(dqh, dkh, dvh, dout, qh, kh, vh, probs, key_mask, p, eng);
+  attention_to_token_major(dq, dqh, lq, eng);
   attention_to_token_major(dk, dkh, lkv, eng);
   attention_to_token_major(dv, dvh, lkv, eng);
 }

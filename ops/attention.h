@@ -21,8 +21,9 @@
 // Deviation: a query row with no allowed key (left padding) gives zero output and zero gradients instead of
 // NaN; see ops/attention_softmax.h.
 // Scratch comes from the Engine's allocator (host allocator for CPU tensors); the forward computes S in place
-// in probs. Backward scratch: two (B,H,T,T) (three without probs), in chunks of groups at long sequences,
-// and six head-major q/k/v-sized buffers.
+// in probs and O in one head-major q-sized buffer. Backward scratch: two (B,H,T,T) (three without probs), in
+// chunks of groups at long sequences, and one head-major q-sized buffer for dO (the token-major entry points
+// add their six head-major permutes of q, k, v, dq, dk, dv).
 // Tests: tests/ops/attention_cpu_test.cpp, attention_gpu_test.cpp   Bench: bench/ops/attention_bench.cpp
 #pragma once
 #include "ops/common.h"
@@ -57,5 +58,14 @@ void attention_forward(TensorView out, TensorView probs, TensorView q, TensorVie
                        TensorView key_mask, const AttentionParams& p, Engine& eng);
 void attention_backward(TensorView dq, TensorView dk, TensorView dv, TensorView dout, TensorView q, TensorView k,
                         TensorView v, TensorView probs, TensorView key_mask, const AttentionParams& p, Engine& eng);
+
+// The same with q, k, v and dq, dk, dv head-major ((B, H, T, hd) / (B, KV, T, hd): ops/attention_layout.h),
+// for callers that permute them themselves (ops/attention_rope.h, with RoPE on the way); out and dout stay
+// token-major. attention_forward / attention_backward are these between the permutes.
+void attention_forward_head_major(TensorView out, TensorView probs, TensorView qh, TensorView kh, TensorView vh,
+                                  TensorView key_mask, const AttentionParams& p, Engine& eng);
+void attention_backward_head_major(TensorView dqh, TensorView dkh, TensorView dvh, TensorView dout, TensorView qh,
+                                   TensorView kh, TensorView vh, TensorView probs, TensorView key_mask,
+                                   const AttentionParams& p, Engine& eng);
 
 }  // namespace ops

@@ -6,38 +6,26 @@
 
 #include "ops/cuda_common.cuh"
 #include "ops/rope.h"
+#include "ops/rope_math.cuh"
 
 namespace ops {
 namespace {
 
 constexpr int kBlock = 256;
 
-struct InvFreq {
-  float v[kRopeMaxHeadDim / 2];  // by value: 1 KiB of kernel parameter space, no device buffer needed
-};
-
-// x rounded to T and back: the dtype rounding torch applies after each elementwise op (identity for f32).
-template <typename T>
-__device__ __forceinline__ float round_to(float x) { return to_f32(from_f32<T>(x)); }
-
 // kBackward = false: y = x*cos + rotate_half(x)*sin with three roundings (explicit _rn ops: no FMA, as torch).
 // kBackward = true: dx = transpose rotation of dy in f32 (+ dx when accumulating), rounded once.
 // Each thread reads both halves before writing them, so `out` may alias `in` (neither is __restrict__).
 template <typename T, int V, bool kBackward>
-__global__ void rope_kernel(T* out, const T* in, const int32_t* __restrict__ pos, InvFreq inv, RopeParams p,
-                            int tb, bool accumulate) {
+__global__ void rope_kernel(T* out, const T* in, const int32_t* __restrict__ pos, ropemath::InvFreq inv,
+                            RopeParams p, int tb, bool accumulate) {
   extern __shared__ float table[];  // cos (tb, d/2) then sin (tb, d/2)
   const int half = int(p.head_dim / 2), vecs = half / V, items = int(p.heads) * vecs;  // items per token
   const int64_t tok0 = int64_t(blockIdx.x) * tb;
   const int ntok = int(std::min<int64_t>(tb, p.tokens - tok0));
   float* cos_t = table;
   float* sin_t = table + tb * half;
-  for (int i = threadIdx.x; i < ntok * half; i += blockDim.x) {
-    const float f = float(pos[tok0 + i / half]) * inv.v[i % half];  // f32 multiply, as torch's inv_freq @ pos
-    cos_t[i] = round_to<T>(cosf(f));
-    sin_t[i] = round_to<T>(sinf(f));
-  }
-  __syncthreads();
+  ropemath::tables<T>(cos_t, sin_t, pos, tok0, ntok, half, inv);
   using VecT = Vec<T, V>;
   for (int i = threadIdx.x; i < ntok * items; i += blockDim.x) {
     const int t = i / items, h = (i % items) / vecs, k0 = (i % vecs) * V;
@@ -56,15 +44,13 @@ __global__ void rope_kernel(T* out, const T* in, const int32_t* __restrict__ pos
       const float x1 = to_f32(a.v[j]), x2 = to_f32(b.v[j]);
       float r1, r2;
       if (kBackward) {
-        r1 = x1 * c + x2 * s;
-        r2 = x2 * c - x1 * s;
+        ropemath::rotate_back(x1, x2, c, s, r1, r2);
         if (accumulate) {
           r1 += to_f32(oa.v[j]);
           r2 += to_f32(ob.v[j]);
         }
       } else {
-        r1 = __fadd_rn(round_to<T>(__fmul_rn(x1, c)), round_to<T>(__fmul_rn(-x2, s)));
-        r2 = __fadd_rn(round_to<T>(__fmul_rn(x2, c)), round_to<T>(__fmul_rn(x1, s)));
+        ropemath::rotate<T>(x1, x2, c, s, r1, r2);
       }
       ra.v[j] = from_f32<T>(r1);
       rb.v[j] = from_f32<T>(r2);
@@ -77,8 +63,7 @@ __global__ void rope_kernel(T* out, const T* in, const int32_t* __restrict__ pos
 template <typename T, bool kBackward>
 void launch(TensorView out, TensorView in, TensorView pos, const RopeParams& p, bool accumulate,
             cudaStream_t stream) {
-  InvFreq inv{};
-  for (int64_t k = 0; k < p.head_dim / 2; ++k) inv.v[k] = rope_inv_freq(k, p);
+  const ropemath::InvFreq inv = ropemath::inv_freq(p);
   // 16-byte vectors when every vector start is 16-byte aligned: both bases, and half a head (so x2 too).
   constexpr int kVec = 16 / sizeof(T);
   const bool vec = (p.head_dim / 2) % kVec == 0 && reinterpret_cast<uintptr_t>(out.data) % 16 == 0 &&
@@ -86,7 +71,7 @@ void launch(TensorView out, TensorView in, TensorView pos, const RopeParams& p, 
   const int v = vec ? kVec : 1;
   // Tokens per block: enough (token, head, vector) items to fill the block, at least one token.
   const int64_t items = p.heads * (p.head_dim / 2 / v);
-  const int tb = int(std::max<int64_t>(1, std::min<int64_t>(kBlock / items, p.tokens)));
+  const int tb = ropemath::tokens_per_block(items, p.tokens, kBlock);
   const unsigned grid = unsigned((p.tokens + tb - 1) / tb);
   // tb * d/2 <= kBlock * v (items >= d/2/v), so the tables take at most 16 KiB.
   const size_t smem = 2 * size_t(tb) * size_t(p.head_dim / 2) * sizeof(float);

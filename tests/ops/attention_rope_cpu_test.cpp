@@ -1,0 +1,59 @@
+// tests/ops/attention_rope_cpu_test.cpp (label cpu): the CPU reference against f64 finite differences (the
+// backward is the forward's transpose, modes included) and its input checks.
+#include "ops/attention_rope.h"
+#include "tests/ops/attention_rope_test.h"
+
+namespace {
+
+using namespace test;
+using ops::Accum;
+
+// loss = qh.a + kh.b + vh.c: d q, d k, d v are the backward of (a, b, c).
+TEST(AttentionRopeCpu, BackwardMatchesFiniteDifferences) {
+  Engine eng({engine::Backend::kCPU});
+  const int64_t B = 2, T = 3, H = 4, KV = 2, hd = 6, N = B * T;
+  const ops::AttentionRopeParams p{B, T, H, KV, hd, 10000.f};
+  const Shape sq{N, H * hd}, skv{N, KV * hd}, hq{B, H, T, hd}, hkv{B, KV, T, hd};
+  TestTensor q(eng, Device::kCPU, sq, DType::kF64, random_normal(N * H * hd, 1)),
+      k(eng, Device::kCPU, skv, DType::kF64, random_normal(N * KV * hd, 2)),
+      v(eng, Device::kCPU, skv, DType::kF64, random_normal(N * KV * hd, 3)),
+      pos(eng, Device::kCPU, {N}, DType::kI32, {0, 1, 2, 5, 9, 4});
+  TestTensor qh(eng, Device::kCPU, hq, DType::kF64), kh(eng, Device::kCPU, hkv, DType::kF64),
+      vh(eng, Device::kCPU, hkv, DType::kF64);
+  const std::vector<double> a = random_normal(N * H * hd, 4), b = random_normal(N * KV * hd, 5),
+                            c = random_normal(N * KV * hd, 6);
+  auto loss = [&] {
+    ops::cpu::attention_rope_forward(qh, kh, vh, q, k, v, pos, p);
+    return dot(qh.values(), a) + dot(kh.values(), b) + dot(vh.values(), c);
+  };
+  loss();
+  TestTensor da(eng, Device::kCPU, hq, DType::kF64, a), db(eng, Device::kCPU, hkv, DType::kF64, b),
+      dc(eng, Device::kCPU, hkv, DType::kF64, c);
+  TestTensor dq(eng, Device::kCPU, sq, DType::kF64), dk(eng, Device::kCPU, skv, DType::kF64),
+      dv(eng, Device::kCPU, skv, DType::kF64, std::vector<double>(size_t(N * KV * hd), 1.0));
+  // dq, dk set; dv added to ones
+  ops::cpu::attention_rope_backward({dq, dk, dv, Accum::kSet, Accum::kSet, Accum::kAdd}, da, db, dc, pos, p);
+  EXPECT_CLOSE(dq.values(), numeric_grad(loss, q), (Tol{1e-7, 1e-6}));
+  EXPECT_CLOSE(dk.values(), numeric_grad(loss, k), (Tol{1e-7, 1e-6}));
+  std::vector<double> want_dv = numeric_grad(loss, v);
+  for (double& x : want_dv) x += 1.0;
+  EXPECT_CLOSE(dv.values(), want_dv, (Tol{1e-7, 1e-6}));
+}
+
+TEST(AttentionRopeCpu, RejectsBadArguments) {
+  Engine eng({engine::Backend::kCPU});
+  const ops::AttentionRopeParams p{1, 4, 2, 1, 8, 10000.f};
+  TestTensor q(eng, Device::kCPU, {4, 16}, DType::kBF16, random_normal(64, 1)),
+      k(eng, Device::kCPU, {4, 8}, DType::kBF16, random_normal(32, 2)),
+      v(eng, Device::kCPU, {4, 8}, DType::kBF16, random_normal(32, 3)),
+      v16(eng, Device::kCPU, {4, 8}, DType::kF16, random_normal(32, 3)), pos(eng, Device::kCPU, {4}, DType::kI32, {0, 1, 2, 3});
+  TestTensor qh(eng, Device::kCPU, {1, 2, 4, 8}, DType::kBF16), kh(eng, Device::kCPU, {1, 1, 4, 8}, DType::kBF16),
+      vh(eng, Device::kCPU, {1, 1, 4, 8}, DType::kBF16), small(eng, Device::kCPU, {1, 1, 3, 8}, DType::kBF16);
+  EXPECT_NO_THROW(ops::cpu::attention_rope_forward(qh, kh, vh, q, k, v, pos, p));
+  EXPECT_THROW(ops::cpu::attention_rope_forward(qh, kh, vh, q, k, v16, pos, p), engine::Error);   // dtype
+  EXPECT_THROW(ops::cpu::attention_rope_forward(qh, kh, small, q, k, v, pos, p), engine::Error);  // vh's size
+  EXPECT_THROW(ops::cpu::attention_rope_forward(qh, kh, vh, q, k, v, pos, {1, 4, 2, 1, 7, 10000.f}),
+               engine::Error);  // odd head_dim
+}
+
+}  // namespace
