@@ -4,7 +4,11 @@
 // (half of the dense GEMM FLOPs), which is what a fused kernel would have to do.
 #include "bench/bench_util.h"
 #include "ops/attention.h"
+#include "ops/attention_layout.h"
+#include "ops/attention_rope.h"
+#include "ops/rope.h"
 #include "ops/attention_softmax.h"
+#include "ops/elementwise.h"
 
 namespace {
 
@@ -110,9 +114,62 @@ void BM_AttentionBackward(benchmark::State& state) {
   bench::report_flops(state, 5 * a.gemm_flops());  // S recompute, dP, dV, dK, dQ
 }
 
+// RoPE + head-major layout of q, k, v (Args: B, T, fused): fused = ops/attention_rope.h's one launch each way;
+// else two RoPEs and three permutes forward, three permutes, two RoPE backwards and v's copy backward (the
+// sequence the fused op replaces).
+template <bool kBackward>
+void BM_AttentionRope(benchmark::State& state) {
+  if (!bench::require_cuda(state)) return;
+  Engine eng;
+  const int64_t B = state.range(0), T = state.range(1), H = 8, KV = 4, hd = 256, N = B * T;
+  const bool fused = state.range(2) != 0;
+  const ops::AttentionRopeParams p{B, T, H, KV, hd, 10000.f};
+  const DType dt = DType::kBF16;
+  Tensor q = bench::random_tensor(eng, {N, H * hd}, dt, 1), k = bench::random_tensor(eng, {N, KV * hd}, dt, 2),
+         v = bench::random_tensor(eng, {N, KV * hd}, dt, 3);
+  Tensor qh = eng.empty({B, H, T, hd}, dt), kh = eng.empty({B, KV, T, hd}, dt), vh = eng.empty({B, KV, T, hd}, dt);
+  Tensor qr = eng.empty({N, H * hd}, dt), kr = eng.empty({N, KV * hd}, dt);
+  Tensor pos = eng.empty({N}, DType::kI32);
+  {
+    Tensor hpos = eng.empty_host({N}, DType::kI32);
+    for (int64_t i = 0; i < N; ++i) hpos.ptr<int32_t>()[i] = int32_t(i % T);
+    eng.copy(pos, hpos);
+  }
+  const ops::AttentionLayoutParams lq{B, T, H, hd}, lkv{B, T, KV, hd};
+  bench::L2Flush flush(eng);
+  bench::CudaEventTimer timer;
+  for (auto _ : state) {
+    flush(eng.stream());
+    timer.start(eng.stream());
+    if (fused && !kBackward) {
+      ops::attention_rope_forward(qh, kh, vh, q, k, v, pos, p, eng);
+    } else if (fused) {
+      ops::attention_rope_backward({q, k, v, ops::Accum::kSet, ops::Accum::kSet, ops::Accum::kSet}, qh, kh, vh, pos, p, eng);
+    } else if (!kBackward) {
+      ops::rope_forward(qr, q, pos, p.rope(H), eng);
+      ops::rope_forward(kr, k, pos, p.rope(KV), eng);
+      ops::attention_to_head_major(qh, qr, lq, eng);
+      ops::attention_to_head_major(kh, kr, lkv, eng);
+      ops::attention_to_head_major(vh, v, lkv, eng);
+    } else {
+      ops::attention_to_token_major(qr, qh, lq, eng);
+      ops::attention_to_token_major(kr, kh, lkv, eng);
+      ops::attention_to_token_major(v, vh, lkv, eng);
+      ops::rope_backward(q, ops::Accum::kSet, qr, pos, p.rope(H), eng);
+      ops::rope_backward(k, ops::Accum::kSet, kr, pos, p.rope(KV), eng);
+    }
+    state.SetIterationTime(timer.stop_seconds(eng.stream()));
+  }
+  bench::report_bytes(state, 2.0 * 2 * N * (H + 2 * KV) * hd);  // the fused op: read and write q, k, v once
+}
+void BM_AttentionRopeForward(benchmark::State& state) { BM_AttentionRope<false>(state); }
+void BM_AttentionRopeBackward(benchmark::State& state) { BM_AttentionRope<true>(state); }
+
 }  // namespace
 
 BENCHMARK(BM_AttentionSoftmaxForward)->Args({1, 512})->Args({1, 4096})->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_AttentionSoftmaxBackward)->Args({1, 512})->Args({1, 4096})->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_AttentionForward)->Args({1, 512})->Args({8, 512})->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_AttentionBackward)->Args({1, 512})->Args({8, 512})->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_AttentionRopeForward)->Args({1, 512, 0})->Args({1, 512, 1})->Args({8, 512, 0})->Args({8, 512, 1})->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_AttentionRopeBackward)->Args({1, 512, 0})->Args({1, 512, 1})->Args({8, 512, 0})->Args({8, 512, 1})->UseManualTime()->Unit(benchmark::kMicrosecond);
