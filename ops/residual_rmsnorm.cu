@@ -32,7 +32,8 @@ __global__ void __launch_bounds__(32 * rmsrow::kRowsPerBlock) residual_rmsnorm_f
     if (v >= nv) break;
     const V8<T> n = rmsrow::normed(ov[i], w1, v, rs1);
 #pragma unroll
-    for (int k = 0; k < kV; ++k) sv[i].v[k] = from_f32<T>(to_f32(sv[i].v[k]) + to_f32(n.v[k]));  // ops::add
+    for (int k = 0; k < kV; ++k)  // ops::add; _rn: no FMA with n's product when T is f32 (n is rounded first)
+      sv[i].v[k] = from_f32<T>(__fadd_rn(to_f32(sv[i].v[k]), to_f32(n.v[k])));
     sr[v] = sv[i];
   }
   if (!kNext) return;
@@ -56,10 +57,10 @@ __global__ void __launch_bounds__(32 * rmsrow::kRowsPerBlock) residual_rmsnorm_b
   const int64_t row = int64_t(blockIdx.x) * rmsrow::kRowsPerBlock + (threadIdx.x >> 5);
   const int lane = threadIdx.x & 31;
   if (row >= p.rows) return;
+  // Two rows in registers at a time (dy and s, turning into g as ds's vectors arrive; then g and o): more
+  // spill at C = 2304.
   const int64_t nv = p.cols / kV, off = row * p.cols;
-  V8<T> g[NV], ov[NV];
-  rmsrow::load(g, ds + off, nv, lane);
-  rmsrow::load(ov, o + off, nv, lane);
+  V8<T> g[NV];
   if (kNext) {
     V8<T> dv[NV], sv[NV];
     rmsrow::load(dv, dy + off, nv, lane);
@@ -72,10 +73,15 @@ __global__ void __launch_bounds__(32 * rmsrow::kRowsPerBlock) residual_rmsnorm_b
       if (v >= nv) break;
       float val[kV];
       rmsrow::grad(val, dv[i], sv[i], w2, v, rs2, kk2);
+      const V8<T> d = reinterpret_cast<const V8<T>*>(ds + off)[v];
 #pragma unroll
-      for (int k = 0; k < kV; ++k) g[i].v[k] = from_f32<T>(val[k] + to_f32(g[i].v[k]));
+      for (int k = 0; k < kV; ++k) g[i].v[k] = from_f32<T>(val[k] + to_f32(d.v[k]));
     }
+  } else {
+    rmsrow::load(g, ds + off, nv, lane);
   }
+  V8<T> ov[NV];
+  rmsrow::load(ov, o + off, nv, lane);
   if (dh != nullptr) {
     V8<T>* dhr = reinterpret_cast<V8<T>*>(dh + off);
 #pragma unroll
