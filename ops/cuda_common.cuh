@@ -34,22 +34,6 @@ __device__ __forceinline__ float warp_sum(float v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;
 }
-// p[0] + p[stride] + ... + p[(count - 1) stride] (count >= 1), summed in that order, with 8 loads in flight at
-// a time: the split-reduction partials (LoRA's chunk and slab sums) are L2 round trips, and one per term would
-// dominate the kernels that wait on them.
-__device__ __forceinline__ float strided_sum(const float* __restrict__ p, int64_t stride, int64_t count) {
-  constexpr int kBatch = 8;
-  float sum = 0.f;
-  for (int64_t q0 = 0; q0 < count; q0 += kBatch) {
-    float part[kBatch];
-#pragma unroll
-    for (int u = 0; u < kBatch; ++u) part[u] = q0 + u < count ? p[(q0 + u) * stride] : 0.f;
-#pragma unroll
-    for (int u = 0; u < kBatch; ++u)
-      if (q0 + u < count) sum = q0 + u == 0 ? part[u] : sum + part[u];
-  }
-  return sum;
-}
 __device__ __forceinline__ float warp_max(float v) {
   for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
   return v;

@@ -160,7 +160,6 @@ struct BwdGroup {
 };
 constexpr int kDtTile = 64;  // rows of dt staged in shared memory at a time
 
-
 // Block (x, y): columns [256 x, 256 x + 256), rows [y * slab_rows, ...). Per member (in order): dt's rows
 // staged in shared memory kDtTile at a time, then the rows; writes the member's ws[y][j][col] for j < r.
 template <typename T, int RP, int SH, bool kDrop, bool kDx>
@@ -201,7 +200,10 @@ __global__ void __launch_bounds__(kThreads) lora_down_bwd_kernel(BwdGroup<T> grp
           if (mb.dt != nullptr) {
             val = to_f32(mb.dt[row * p.r + j]);
           } else {  // lora_up's reduce: the chunks in order, scaled and rounded once
-            val = round_to<T>(mb.s * strided_sum(mb.ws_dt + row * p.r + j, p.n * p.r, mb.chunks));
+            const int64_t i = row * p.r + j, n_dt = p.n * p.r;
+            float sum = mb.ws_dt[i];
+            for (int64_t q = 1; q < mb.chunks; ++q) sum += mb.ws_dt[q * n_dt + i];
+            val = round_to<T>(mb.s * sum);
           }
         }
         dts[e / RP][j] = val;
@@ -286,7 +288,9 @@ __global__ void lora_reduce_kernel(ReduceSegs segs) {
     int64_t e = i;
     while (e >= segs.s[q].elems) e -= segs.s[q++].elems;
     const ReduceSeg& sg = segs.s[q];
-    sg.dst[e] = fmaf(sg.scale, strided_sum(sg.ws + e, sg.elems, sg.parts), sg.dst[e]);
+    float s = sg.ws[e];
+    for (int64_t part = 1; part < sg.parts; ++part) s += sg.ws[part * sg.elems + e];
+    sg.dst[e] = fmaf(sg.scale, s, sg.dst[e]);
   }
 }
 

@@ -180,10 +180,14 @@ __global__ void lora_up_reduce_kernel(T* __restrict__ dt, float* __restrict__ db
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n_dt + n_db;
        i += int64_t(gridDim.x) * blockDim.x) {
     if (i < n_dt) {
-      dt[i] = from_f32<T>(p.scaling * strided_sum(ws_dt + i, n_dt, chunks));
+      float s = ws_dt[i];
+      for (int64_t q = 1; q < chunks; ++q) s += ws_dt[q * n_dt + i];
+      dt[i] = from_f32<T>(p.scaling * s);
     } else {
       const int64_t e = i - n_dt;
-      db[e] = fmaf(p.scaling, strided_sum(ws_db + e, n_db, slabs), db[e]);
+      float s = ws_db[e];
+      for (int64_t q = 1; q < slabs; ++q) s += ws_db[q * n_db + e];
+      db[e] = fmaf(p.scaling, s, db[e]);
     }
   }
 }
