@@ -457,7 +457,8 @@ ResidualNorm residual_rmsnorm(Tape& tape, const Var& h, const Var& o, const Var&
                               float eps) {
   const bool next = w_next.defined();
   const bool fuses = !w_branch.requires_grad() && !(next && w_next.requires_grad()) && h.dtype() == o.dtype() &&
-                     (!o.value().view().is_cuda() || ops::residual_rmsnorm_fusable(o.cols()));
+                     (!o.value().view().is_cuda() ||
+                      (ops::residual_rmsnorm_fusable(o.cols()) && ops::vec8_aligned({h.t(), o.t()})));
   if (!fuses) {
     Var sum = add(tape, h, rmsnorm(tape, o, w_branch, eps));
     return {sum, next ? rmsnorm(tape, sum, w_next, eps) : Var()};

@@ -6,7 +6,8 @@
 //   frees what it saved. backward() walks nodes in reverse: program order is already topological.
 // Gradient rules (ggml's add_or_set, llm.c's += for parameters):
 //   - activation gradients: the first contribution SETS the buffer (Accum::kSet), later ones ADD. The
-//     buffer is allocated at first use and freed once the node that produced the Var has run.
+//     buffer is allocated at first use (or handed over by a pass-through node: BackwardCtx::pass) and freed
+//     once the node that produced the Var has run.
 //   - parameter gradients (Tape::param) live outside the tape and always ACCUMULATE, so micro-batches
 //     add up until the optimizer zeroes them.
 //   - constants (frozen weights, token ids) and Vars computed only from constants need no gradient: no

@@ -1,7 +1,7 @@
 // ops/lm_head_ce.cu: the row kernel of the fused LM head + CE (SPEC.md §1.6, §1.7): softcap in the act
 // dtype with HF's three roundings, f32 log-softmax, dlogits written over the logits. One block per row;
-// pass 1 streams the row once for max and sum(exp) (online rescaling per 16-byte pack) and leaves the rounded
-// tanh in it, pass 2 streams it again to write dlogits (no second tanh: the kernel is bound by its math). A V = 256000 row (512 KB in bf16) does not fit in shared memory, so the row is
+// pass 1 streams the row once for max and sum(exp) (online rescaling per 16-byte pack), pass 2 streams it
+// again to write dlogits. A V = 256000 row (512 KB in bf16) does not fit in shared memory, so the row is
 // read twice: the kernel moves 3 x the logits bytes, small next to the two GEMMs around it.
 #include "ops/cuda_common.cuh"
 #include "ops/lm_head_ce.h"
@@ -16,25 +16,18 @@ struct __align__(sizeof(T) * kVec) Pack {
   T v[kVec];
 };
 
-// HF's softcap in T, split where it is cheap to resume: tanh_t(raw) = rnd(tanh(rnd(raw * f32(1/cap)))) (torch's
-// CUDA division by a scalar multiplies by the f32 reciprocal), then capped(t) = rnd(t * cap) and, through slope,
-// d capped / d raw = cap * inv_cap * (1 - t^2). t is a T value, so the row kernel stores it over the raw logit in
-// its first pass and its second pass needs no tanh. cap <= 0: no softcap (t = raw, slope 1).
+// HF's softcap in T: logits * f32(1/cap) (torch's CUDA division by a scalar), tanh, * cap, each rounded to T.
+// Returns the capped logit in f32 and, through slope, d capped / d raw = cap * inv_cap * (1 - t^2).
 template <typename T>
-__device__ __forceinline__ T tanh_t(T raw, float cap, float inv_cap) {
-  if (cap <= 0.f) return raw;
-  const float a = to_f32(from_f32<T>(to_f32(raw) * inv_cap));
-  return from_f32<T>(tanhf(a));
-}
-template <typename T>
-__device__ __forceinline__ float capped(T t, float cap, float inv_cap, float* slope) {
+__device__ __forceinline__ float capped(T raw, float cap, float inv_cap, float* slope) {
   if (cap <= 0.f) {
     *slope = 1.f;
-    return to_f32(t);
+    return to_f32(raw);
   }
-  const float tf = to_f32(t);
-  *slope = cap * inv_cap * (1.f - tf * tf);
-  return to_f32(from_f32<T>(tf * cap));
+  const float a = to_f32(from_f32<T>(to_f32(raw) * inv_cap));
+  const float t = to_f32(from_f32<T>(tanhf(a)));
+  *slope = cap * inv_cap * (1.f - t * t);
+  return to_f32(from_f32<T>(t * cap));
 }
 
 // Rows with label -100 get loss 0 and zero dlogits. kVec elements per 16-byte load (1 when V or the
@@ -62,24 +55,19 @@ __global__ void __launch_bounds__(kMaxBlock)
     return;
   }
   const bool bad_label = y < 0 || y >= p.vocab;
-  // With dlogits wanted, pass 1 leaves t = tanh_t(raw) in the row (the label's x is read back after it).
-  const bool keep_t = write_grad && cap > 0.f;
   float x_label = 0.f;
-  if (!keep_t && threadIdx.x == 0 && !bad_label)
-    x_label = capped(tanh_t(logits[row * p.vocab + y], cap, inv_cap), cap, inv_cap, &slope);
+  if (threadIdx.x == 0 && !bad_label) x_label = capped(logits[row * p.vocab + y], cap, inv_cap, &slope);
 
   // Pass 1: per-thread running max m and sum s of exp(x - m), rescaled once per pack.
   float m = -INFINITY, s = 0.f;
   for (int64_t i = threadIdx.x; i < npack; i += blockDim.x) {
-    P v = xr[i];
+    const P v = xr[i];
     float x[kVec], pm = -INFINITY;
 #pragma unroll
     for (int k = 0; k < kVec; ++k) {
-      v.v[k] = tanh_t(v.v[k], cap, inv_cap);
       x[k] = capped(v.v[k], cap, inv_cap, &slope);
       pm = fmaxf(pm, x[k]);
     }
-    if (keep_t) xr[i] = v;
     if (pm > m) {
       s *= __expf(m - pm);
       m = pm;
@@ -88,13 +76,12 @@ __global__ void __launch_bounds__(kMaxBlock)
     for (int k = 0; k < kVec; ++k) s += __expf(x[k] - m);
   }
   const float row_max = block_max(m, smem);
-  const float sum = block_sum(m == -INFINITY ? 0.f : s * __expf(m - row_max), smem);  // a barrier: t is stored
+  const float sum = block_sum(m == -INFINITY ? 0.f : s * __expf(m - row_max), smem);
   const float lse = row_max + logf(sum);
-  if (keep_t && threadIdx.x == 0 && !bad_label) x_label = capped(logits[row * p.vocab + y], cap, inv_cap, &slope);
   if (threadIdx.x == 0) row_loss[row] = bad_label ? NAN : lse - x_label;
   if (!write_grad) return;
 
-  // Pass 2: dlogit = (softmax - onehot) * grad_scale * slope, rounded once to T, from the stored t.
+  // Pass 2: dlogit = (softmax - onehot) * grad_scale * slope, rounded once to T.
   for (int64_t i = threadIdx.x; i < npack; i += blockDim.x) {
     P v = xr[i];
 #pragma unroll

@@ -7,13 +7,15 @@
 //             dh = g                                        honours dh_mode (set or add); skipped when undefined
 //             do = rmsnorm_backward(g; o, w1, rstd1)        honours do_mode
 //   Each value has the bits of the separate ops on the same backend in the order the tape runs them (rmsnorm,
-//   add, rmsnorm forward; the add's copy of ds, the second norm's backward added to it, the first norm's
-//   backward): the row sums are the same code (ops/rmsnorm.cu's warp-per-row kernels) in the same order.
+//   add, rmsnorm forward; ds first, the second norm's backward added to it, the add's gradients, the first
+//   norm's backward): the row sums are the same code (ops/rmsnorm.cu's warp-per-row kernels) in the same order.
+//   One exception: where nothing else reads s (the last layer's sum, whose only reader is the fused final
+//   norm) the tape zero-fills ds, and g = round(0 + x) turns a -0 into +0 where the separate ops keep -0.
 //   Shapes: h, o, s, y and their gradients (N, C) row-major in one dtype, f32/f16/bf16 (f64 on CPU);
 //   w1, w2 (C) f32; rstd1, rstd2 (N) f32. No aliasing between outputs and inputs (do, dh vs ds, o). The
 //   backward reads s only with the entry norm (pass it undefined otherwise).
-//   CUDA needs C % 8 == 0, C <= 4096 and 8-element aligned rows (residual_rmsnorm_fusable); callers compose
-//   rmsnorm and add otherwise, and when a norm weight trains (dw).
+//   CUDA needs C % 8 == 0 and C <= 4096 (residual_rmsnorm_fusable) and 8-element aligned rows (vec8_aligned);
+//   callers compose rmsnorm and add otherwise, and when a norm weight trains (dw).
 // Tests: tests/ops/residual_rmsnorm_cpu_test.cpp, residual_rmsnorm_gpu_test.cpp
 // Bench: bench/ops/residual_rmsnorm_bench.cpp
 #pragma once

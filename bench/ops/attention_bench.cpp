@@ -115,8 +115,8 @@ void BM_AttentionBackward(benchmark::State& state) {
 }
 
 // RoPE + head-major layout of q, k, v (Args: B, T, fused): fused = ops/attention_rope.h's one launch each way;
-// else two RoPEs and three permutes forward, three permutes, two RoPE backwards and v's copy backward (the
-// sequence the fused op replaces).
+// else two RoPEs and three permutes forward, three permutes and two RoPE backwards backward (the sequence the
+// fused op replaces). The backward reads the forward's head-major outputs as its gradients.
 template <bool kBackward>
 void BM_AttentionRope(benchmark::State& state) {
   if (!bench::require_cuda(state)) return;
@@ -136,6 +136,7 @@ void BM_AttentionRope(benchmark::State& state) {
     eng.copy(pos, hpos);
   }
   const ops::AttentionLayoutParams lq{B, T, H, hd}, lkv{B, T, KV, hd};
+  ops::attention_rope_forward(qh, kh, vh, q, k, v, pos, p, eng);  // defined values for the backward to read
   bench::L2Flush flush(eng);
   bench::CudaEventTimer timer;
   for (auto _ : state) {

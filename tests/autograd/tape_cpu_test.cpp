@@ -55,22 +55,38 @@ TEST(TapeCpu, PassHandsTheBufferOnlyToAnUnwrittenActivation) {
   }
 }
 
-TEST(TapeCpu, PassRefusesParametersAndOtherShapes) {
+TEST(TapeCpu, PassRefusesWhatCannotTakeTheBuffer) {
   Engine eng({engine::Backend::kCPU});
   Tape tape(eng);
   engine::Tensor pg = filled(eng, DType::kF32, 4, 0.5);
   Var p = tape.param(filled(eng, DType::kF32, 4, 1.0), pg, "p");
   Var small = tape.leaf(filled(eng, DType::kF32, 2, 1.0), "small");
+  Var half = tape.leaf(filled(eng, DType::kBF16, 4, 1.0), "half");
+  Var frozen = tape.constant(filled(eng, DType::kF32, 4, 1.0), "frozen");
+  Var allocated = tape.leaf(filled(eng, DType::kF32, 4, 1.0), "allocated");
+  Var fresh = tape.leaf(filled(eng, DType::kF32, 4, 1.0), "fresh");
   Var y = tape.output({4}, DType::kF32, "y", true);
   std::vector<bool> handed;
-  autograd::GradRef dp = p, ds = small, dy = y;
-  tape.record("probe", {y}, [dp, ds, dy, &handed](BackwardCtx& g) {
+  const void* dy_buffer = nullptr;
+  autograd::GradRef dp = p, ds = small, dh = half, df = frozen, da = allocated, dfresh = fresh, dy = y;
+  tape.record("probe", {y}, [=, &handed, &dy_buffer](BackwardCtx& g) {
+    dy_buffer = g.grad(dy).data;
+    g.grad(da);                        // allocated but not yet written
     handed.push_back(g.pass(dy, dp));  // a parameter's gradient accumulates in its own buffer
     handed.push_back(g.pass(dy, ds));  // element counts differ
+    handed.push_back(g.pass(dy, dh));  // dtypes differ
+    handed.push_back(g.pass(dy, df));  // needs no gradient
+    handed.push_back(g.pass(dy, da));  // has its own buffer already
+    handed.push_back(g.pass(dy, dfresh));
+    handed.push_back(g.pass(dy, dfresh));  // written now
   });
   tape.backward(y, filled(eng, DType::kF32, 4, 3.0));
-  EXPECT_EQ(handed, (std::vector<bool>{false, false}));
+  EXPECT_EQ(handed, (std::vector<bool>{false, false, false, false, false, true, false}));
+  EXPECT_EQ(p.gref().slot()->grad.data(), pg.data());  // the parameter kept its buffer
   EXPECT_EQ(values(pg), std::vector<double>(4, 0.5));
+  EXPECT_NE(allocated.gref().slot()->grad.data(), dy_buffer);
+  EXPECT_EQ(fresh.gref().slot()->grad.data(), dy_buffer);  // the leaf kept y's buffer after y's was freed
+  EXPECT_EQ(values(fresh.gref().slot()->grad), std::vector<double>(4, 3.0));
 }
 
 }  // namespace
