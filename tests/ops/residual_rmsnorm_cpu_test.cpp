@@ -24,13 +24,6 @@ TEST_P(ResidualRmsNormCpu, FusedHasTheBitsOfTheSeparateOps) {
   EXPECT_ALL_FINITE(f.d_o);
 }
 
-std::string case_name(const ::testing::TestParamInfo<ResidualNormCase>& i) {
-  const ResidualNormCase& c = i.param;
-  return "r" + std::to_string(c.rows) + "_c" + std::to_string(c.cols) + "_" + engine::dtype_name(c.dtype) +
-         (c.next ? "_next" : "_alone") + (c.dh_mode == Accum::kAdd ? "_dhadd" : "") +
-         (c.do_mode == Accum::kAdd ? "_doadd" : "") + (c.want_dh ? "" : "_nodh");
-}
-
 INSTANTIATE_TEST_SUITE_P(
     Cases, ResidualRmsNormCpu,
     ::testing::Values(ResidualNormCase{3, 7, DType::kF64, true, Accum::kSet, Accum::kSet},
@@ -39,7 +32,7 @@ INSTANTIATE_TEST_SUITE_P(
                       ResidualNormCase{4, 24, DType::kBF16, false, Accum::kSet, Accum::kAdd},
                       ResidualNormCase{6, 40, DType::kF16, true, Accum::kAdd, Accum::kSet},
                       ResidualNormCase{6, 40, DType::kF16, false, Accum::kSet, Accum::kSet, false}),
-    case_name);
+    residual_norm_case_name);
 
 TEST(ResidualRmsNormCpu, BackwardMatchesFiniteDifferences) {
   Engine eng({engine::Backend::kCPU});

@@ -35,13 +35,6 @@ TEST_P(ResidualRmsNormGpu, MatchesTheSeparateOpsAndTheCpu) {
   EXPECT_CLOSE(f.d_o, ref.d_o, gtol);
 }
 
-std::string case_name(const ::testing::TestParamInfo<ResidualNormCase>& i) {
-  const ResidualNormCase& c = i.param;
-  return "r" + std::to_string(c.rows) + "_c" + std::to_string(c.cols) + "_" + engine::dtype_name(c.dtype) +
-         (c.next ? "_next" : "_alone") + (c.dh_mode == Accum::kAdd ? "_dhadd" : "") +
-         (c.do_mode == Accum::kAdd ? "_doadd" : "") + (c.want_dh ? "" : "_nodh");
-}
-
 INSTANTIATE_TEST_SUITE_P(
     Cases, ResidualRmsNormGpu,
     ::testing::Values(ResidualNormCase{1, 8, DType::kF32, true, Accum::kSet, Accum::kSet},
@@ -52,7 +45,7 @@ INSTANTIATE_TEST_SUITE_P(
                       ResidualNormCase{66, 2304, DType::kF16, false, Accum::kAdd, Accum::kSet, false},
                       ResidualNormCase{9, 4096, DType::kBF16, true, Accum::kSet, Accum::kSet},
                       ResidualNormCase{33, 3584, DType::kF32, true, Accum::kAdd, Accum::kSet}),
-    case_name);
+    residual_norm_case_name);
 
 TEST(ResidualRmsNormGpu, RejectsRowsItDoesNotTake) {
   REQUIRE_CUDA();

@@ -2,6 +2,7 @@
 // the tape runs them (rmsnorm, add, rmsnorm; then the add's copy of ds, the entry norm's backward added to it,
 // the add's two gradients, the branch norm's backward), on one device, from the same seeded inputs.
 #pragma once
+#include <string>
 #include <vector>
 
 #include "ops/elementwise.h"
@@ -18,6 +19,14 @@ struct ResidualNormCase {
   ops::Accum do_mode;   // kAdd: do starts from do0
   bool want_dh = true;  // false: dh undefined (the residual input needs no gradient)
 };
+
+// The test name of a case: r<rows>_c<cols>_<dtype>_next|alone[_dhadd][_doadd][_nodh].
+inline std::string residual_norm_case_name(const ::testing::TestParamInfo<ResidualNormCase>& i) {
+  const ResidualNormCase& c = i.param;
+  return "r" + std::to_string(c.rows) + "_c" + std::to_string(c.cols) + "_" + engine::dtype_name(c.dtype) +
+         (c.next ? "_next" : "_alone") + (c.dh_mode == ops::Accum::kAdd ? "_dhadd" : "") +
+         (c.do_mode == ops::Accum::kAdd ? "_doadd" : "") + (c.want_dh ? "" : "_nodh");
+}
 
 struct ResidualNormResult {
   std::vector<double> s, y, rstd1, rstd2, dh, d_o;
